@@ -64,12 +64,17 @@ class RunLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def lr_at(progress: float, base: float, warmup_frac: float = 0.02) -> float:
-    """Linear warm-up, then cosine from base to base/20 over progress in [0, 1]."""
+def lr_at(progress: float, base: float, warmup_frac: float = 0.02, decay_frac: float = 0.2) -> float:
+    """Warm-up, stable, decay: linear warm-up over the first 2 %, constant, then a linear decay to
+    base/20 over the last 20 % of the budget. Until the decay starts, a run's learning-curve prefix is
+    independent of its budget, so a run can be compared early and then extended (resumed with a
+    larger budget) without restarting."""
     if progress < warmup_frac:
         return base * max(progress / warmup_frac, 0.02)
-    p = (progress - warmup_frac) / (1.0 - warmup_frac)
-    return base * (0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0))))
+    if progress < 1.0 - decay_frac:
+        return base
+    p = (progress - (1.0 - decay_frac)) / decay_frac
+    return base * (1.0 - 0.95 * min(p, 1.0))
 
 
 @torch.no_grad()
@@ -91,7 +96,8 @@ class Trainer:
         self.opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
         self.base_lr = lr
         self.step = 0
-        self.elapsed = 0.0  # training seconds over all sessions
+        self.elapsed = 0.0  # wall-clock training seconds over all sessions
+        self.cpu = 0.0  # CPU seconds (all threads) spent in training steps over all sessions
         self.log = RunLog(run)
         self.ckpt = run / "ckpt.pt"
         if self.ckpt.is_file():
@@ -99,12 +105,15 @@ class Trainer:
             self.net.load_state_dict(state["net"])
             self.ema.load_state_dict(state["ema"])
             self.opt.load_state_dict(state["opt"])
-            self.step, self.elapsed = state["step"], state["elapsed"]
+            self.step, self.elapsed, self.cpu = state["step"], state["elapsed"], state.get("cpu", 0.0)
             torch.set_rng_state(state["torch_rng"])
             print(f"[train] resumed {run} at step {self.step} ({self.elapsed / 60:.1f} min trained)")
 
     def progress(self) -> float:
+        """Fraction of the budget used: the furthest of wall minutes, CPU core-hours and steps."""
         p = self.elapsed / (60.0 * self.args.minutes)
+        if self.args.cpu_hours:
+            p = max(p, self.cpu / (3600.0 * self.args.cpu_hours))
         if self.args.steps:
             p = max(p, self.step / self.args.steps)
         return p
@@ -112,7 +121,7 @@ class Trainer:
     def save(self) -> None:
         tmp = self.ckpt.with_suffix(".tmp")
         torch.save({"net": self.net.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
-                    "step": self.step, "elapsed": self.elapsed, "torch_rng": torch.get_rng_state()}, tmp)
+                    "step": self.step, "elapsed": self.elapsed, "cpu": self.cpu, "torch_rng": torch.get_rng_state()}, tmp)
         tmp.replace(self.ckpt)
 
     def loop(self, loss_fn, eval_fn) -> None:
@@ -126,7 +135,7 @@ class Trainer:
             eval_fn(self)
         losses: list[float] = []
         while self.progress() < 1.0:
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             lr = lr_at(self.progress(), self.base_lr)
             for g in self.opt.param_groups:
                 g["lr"] = lr
@@ -139,12 +148,13 @@ class Trainer:
             ema_update(self.ema, self.net, self.step, args.ema)
             self.step += 1
             self.elapsed += time.time() - t0
+            self.cpu += time.process_time() - c0
             losses.append(float(loss.detach()))
             before = bar.n
             bar.update(max(0.0, 100 * min(self.progress(), 1.0) - before))
             bar.set_postfix_str(f"step {self.step} loss {np.mean(losses[-50:]):.4f} lr {lr:.2e}")
             if self.step % 25 == 0:
-                self.log.write(kind="train", step=self.step, elapsed_min=self.elapsed / 60, loss=float(np.mean(losses[-25:])),
+                self.log.write(kind="train", step=self.step, elapsed_min=self.elapsed / 60, cpu_hours=self.cpu / 3600, loss=float(np.mean(losses[-25:])),
                                lr=lr, grad_norm=float(gn), **parts)
             if time.time() - last_ckpt > 60 * args.ckpt_minutes:
                 self.save()
@@ -172,7 +182,9 @@ def contact_sheet(rows: list[torch.Tensor], path: Path, scale: int = 1) -> None:
 def common_args(p: argparse.ArgumentParser, minutes: float, lr: float, batch: int) -> None:
     p.add_argument("--data", default="data/builtin")
     p.add_argument("--run", required=True, help="run folder (checkpoint, log, samples, final weights)")
-    p.add_argument("--minutes", type=float, default=minutes, help="training time budget (resumes count)")
+    p.add_argument("--minutes", type=float, default=minutes, help="wall-clock training budget (resumes count)")
+    p.add_argument("--cpu-hours", type=float, default=0.0,
+                   help="CPU budget in core-hours of training steps (2 h on 2 cores = 4); robust to a shared machine")
     p.add_argument("--steps", type=int, default=0, help="optional step budget (whichever ends first)")
     p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--lr", type=float, default=lr)
@@ -233,7 +245,7 @@ def cmd_autoencoder(args) -> None:
         with torch.no_grad():
             y = torch.cat([tr.ema.decode(tr.ema.encode(c.to(args.device))).clamp(-1, 1).cpu() for c in val_x.split(32)])
         p = psnr(to_unit(y), to_unit(val_x))
-        tr.log.write(kind="eval", step=tr.step, elapsed_min=tr.elapsed / 60, psnr_mean=float(p.mean()),
+        tr.log.write(kind="eval", step=tr.step, elapsed_min=tr.elapsed / 60, cpu_hours=tr.cpu / 3600, psnr_mean=float(p.mean()),
                      psnr_min=float(p.min()))
         print(f"[autoencoder] step {tr.step}: held-out PSNR {float(p.mean()):.2f} dB (min {float(p.min()):.2f})")
         contact_sheet([to_unit(val_x[:16]), to_unit(y[:16])], run / "samples.png", 2)
@@ -415,7 +427,7 @@ def cmd_denoiser(args) -> None:
         novel = slice(1, None)
         ious = iou(silhouette(dec[:, novel]), silhouette(true[:, novel])).mean(1)
         mps = masked_psnr(dec[:, novel], true[:, novel]).mean(1)
-        rec = {"kind": "eval", "step": tr.step, "elapsed_min": tr.elapsed / 60, "val_loss": vloss,
+        rec = {"kind": "eval", "step": tr.step, "elapsed_min": tr.elapsed / 60, "cpu_hours": tr.cpu / 3600, "val_loss": vloss,
                "iou": float(ious.mean()), "masked_psnr": float(mps.mean())}
         if kind == "video":
             d_true = (true[:, 1:] - true[:, :-1]).abs().mean()
