@@ -1,8 +1,8 @@
 """Reading the built-in models' rendered datasets (``scripts/make_dataset.py``) and their latents.
 
-Images: ``DATA/SPLIT/shard_*.npz`` (uint8 [n, T, 64, 64, 4]). Latents: ``DATA/latents/SPLIT.npz``
-(float16 [N, T, 4, 16, 16] plus the cameras and the autoencoder's latent-space id), written by
-``scripts/train.py encode``.
+Images: ``DATA/SPLIT/shard_*.npz`` (uint8 [n, T, 64, 64, 4]). Latents: ``DATA/latents/SPLIT/shard_*.npz``
+(float16 [n, T, 4, 16, 16] plus the cameras and the autoencoder's latent-space id), one per image
+shard, written by ``scripts/train.py encode`` (which only encodes shards not encoded yet).
 """
 
 from __future__ import annotations
@@ -51,31 +51,49 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     return t.movedim(-1, -3)
 
 
-def latents_path(data: str | Path, split: str) -> Path:
-    return Path(data) / "latents" / f"{split}.npz"
+def latents_dir(data: str | Path, split: str) -> Path:
+    return Path(data) / "latents" / split
 
 
-def save_latents(data: str | Path, split: str, latents: torch.Tensor, meta: dict, latent_space: str) -> Path:
-    path = latents_path(data, split)
+def latent_shard_path(data: str | Path, split: str, shard: Path) -> Path:
+    return latents_dir(data, split) / (shard.stem + ".npz")
+
+
+def save_latent_shard(path: Path, latents: torch.Tensor, meta: dict, latent_space: str) -> None:
+    """One encoded shard: float16 latents [n, T, C, h, w] with its cameras and the latent-space id."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, latents=latents.to(torch.float16).numpy(), azimuth_deg=meta["azimuth_deg"],
              elevation_deg=meta["elevation_deg"], index=meta["index"], latent_space=np.asarray(latent_space))
     tmp.rename(path)
-    return path
+
+
+def latent_space_of(path: Path) -> str:
+    with np.load(path) as d:
+        return str(d["latent_space"])
 
 
 def load_latents(data: str | Path, split: str, latent_space: str | None = None) -> dict:
-    """{'latents': float16 tensor [N, T, C, h, w], 'azimuth_deg', 'elevation_deg', 'index', 'latent_space'}."""
-    path = latents_path(data, split)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: run scripts/train.py encode --split {split} first")
-    with np.load(path) as d:
-        out = {k: d[k] for k in d.files}
-    out["latent_space"] = str(out["latent_space"])
-    if latent_space is not None and out["latent_space"] != latent_space:
-        raise ValueError(f"{path} was encoded with {out['latent_space']}, expected {latent_space}: re-encode")
+    """All encoded shards of a split: {'latents': float16 tensor [N, T, C, h, w], 'azimuth_deg',
+    'elevation_deg', 'index', 'latent_space'}. Shards of another latent space are refused."""
+    files = sorted(p for p in latents_dir(data, split).glob("shard_*.npz") if not p.name.endswith(".tmp.npz"))
+    if not files:
+        raise FileNotFoundError(f"no latents under {latents_dir(data, split)}: run scripts/train.py encode first")
+    parts: dict[str, list] = {"latents": [], "azimuth_deg": [], "elevation_deg": [], "index": []}
+    spaces = set()
+    for f in files:
+        with np.load(f) as d:
+            for k in parts:
+                parts[k].append(d[k])
+            spaces.add(str(d["latent_space"]))
+    if len(spaces) != 1:
+        raise ValueError(f"{latents_dir(data, split)} mixes latent spaces {sorted(spaces)}: re-encode with --force")
+    space = spaces.pop()
+    if latent_space is not None and space != latent_space:
+        raise ValueError(f"{latents_dir(data, split)} was encoded with {space}, expected {latent_space}: re-encode")
+    out = {k: np.concatenate(v) for k, v in parts.items()}
     out["latents"] = torch.from_numpy(out["latents"])
+    out["latent_space"] = space
     return out
 
 

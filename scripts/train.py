@@ -268,41 +268,28 @@ def cmd_autoencoder(args) -> None:
 
 # -------------------------------------------------------------------------------------------- encode
 def cmd_encode(args) -> None:
+    """Encode every rendered shard that has no up-to-date latent shard yet (incremental, resumable)."""
     from tqdm import tqdm
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     net, meta = load_autoencoder_net(args.ae)
-    ae = BuiltinAutoencoder(net, meta["latent_space"], args.device, max_batch=128)
+    ae = BuiltinAutoencoder(net, meta["latent_space"], args.device, max_batch=256)
     for split in args.splits.split(","):
-        files = D.shards(args.data, split)
-        path = D.latents_path(args.data, split)
-        if path.is_file() and not args.force:
-            have = D.load_latents(args.data, split)
-            if have["latent_space"] == ae.latent_space and len(have["index"]) >= _count(files):
-                print(f"[encode] {split}: up to date ({len(have['index'])} items)")
-                continue
-        lat, az, el, idx = [], [], [], []
-        for f in tqdm(files, desc=f"encode {split}", unit="shard"):
+        todo = []
+        for f in D.shards(args.data, split):
+            out = D.latent_shard_path(args.data, split, f)
+            if args.force or not out.is_file() or D.latent_space_of(out) != ae.latent_space:
+                todo.append((f, out))
+        for f, out in tqdm(todo, desc=f"encode {split}", unit="shard"):
             with np.load(f) as d:
                 im = d["images"]
-                az.append(d["azimuth_deg"])
-                el.append(d["elevation_deg"])
-                idx.append(d["index"])
+                meta_s = {k: d[k] for k in ("azimuth_deg", "elevation_deg", "index")}
             shape = im.shape
-            x = D.images_to_tensor(im.reshape(-1, *shape[-3:]))
-            z = ae.encode(x)
-            lat.append(z.view(*shape[:-3], *z.shape[1:]).to(torch.float16))
-        out = D.save_latents(args.data, split, torch.cat(lat), {"azimuth_deg": np.concatenate(az),
-                             "elevation_deg": np.concatenate(el), "index": np.concatenate(idx)}, ae.latent_space)
-        all_lat = torch.cat(lat).float()
-        print(f"[encode] {split}: {tuple(all_lat.shape)} -> {out} (mean {all_lat.mean():.3f}, std {all_lat.std():.3f})")
-
-
-def _count(files) -> int:
-    n = 0
-    for f in files:
-        with np.load(f) as d:
-            n += len(d["index"])
-    return n
+            z = ae.encode(D.images_to_tensor(im.reshape(-1, *shape[-3:])))
+            D.save_latent_shard(out, z.view(*shape[:-3], *z.shape[1:]), meta_s, ae.latent_space)
+        n = len(D.shards(args.data, split))
+        print(f"[encode] {split}: {len(todo)} shards encoded, {n} rendered shards in all")
 
 
 # ---------------------------------------------------------------------------------------- denoisers
@@ -492,6 +479,7 @@ def main(argv=None) -> int:
     p.add_argument("--ae", required=True)
     p.add_argument("--splits", default="val-video,val-multiview,eval,video,multiview")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--threads", type=int, default=0)
     p.add_argument("--device", default="cpu")
     for kind in ("video", "multiview"):
         p = sub.add_parser(kind, help=f"train the {kind} denoiser on latents")
