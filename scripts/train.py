@@ -382,7 +382,7 @@ def cmd_denoiser(args) -> None:
     val_az = D.relative_azimuth_rad(val["azimuth_deg"][: args.val_items])
     val_el = torch.deg2rad(torch.as_tensor(val["elevation_deg"][: args.val_items], dtype=torch.float32))
     val_x = D.images_to_tensor(val_imgs)  # [n, T, 3, H, W]
-    fixed_sigmas = torch.tensor([0.05, 0.3, 1.0, 3.0, 10.0])
+    fixed_sigmas = torch.tensor([0.3, 1.0, 3.0])
 
     def eval_fn(tr):
         den = BuiltinDenoiser(tr.ema, space, device=args.device)
@@ -445,6 +445,24 @@ def _cond(kind, latent, elevation, azimuth):
     return ModelSet.video_cond(latent)
 
 
+# ------------------------------------------------------------------------------------------ snapshot
+def cmd_snapshot(args) -> None:
+    """Write RUN/<model>.safetensors from a run's latest checkpoint (EMA weights), e.g. to evaluate a
+    run that is still training; the run itself is not touched."""
+    run = Path(args.run)
+    cfg_file = json.loads((run / "config.json").read_text())
+    from backend.models.builtin.config import denoiser_config_from_json
+
+    cfg = denoiser_config_from_json(json.dumps(cfg_file["config"]))
+    net = DenoiserNet(cfg)
+    state = torch.load(run / "ckpt.pt", map_location="cpu", weights_only=False)
+    net.load_state_dict(state["ema"])
+    out = Path(args.out) if args.out else run / FILES[cfg.kind]
+    save_network(out, cfg.kind, net, cfg, cfg_file["latent_space"], step=state["step"],
+                 minutes=round(state["elapsed"] / 60, 1), snapshot=True, command=" ".join(cfg_file["argv"]))
+    print(f"[snapshot] {run} step {state['step']} -> {out}")
+
+
 # -------------------------------------------------------------------------------------------- export
 def cmd_export(args) -> None:
     import shutil
@@ -498,6 +516,9 @@ def main(argv=None) -> int:
         p.add_argument("--val-samples", type=int, default=32)
         p.add_argument("--eval-steps", type=int, default=16)
         p.add_argument("--limit", type=int, default=0, help="use only the first N training sequences")
+    p = sub.add_parser("snapshot", help="write a running denoiser run's current EMA weights to a weight file")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", default=None)
     p = sub.add_parser("export", help="copy finished runs' weights into the shipped weights folder")
     p.add_argument("--ae", required=True)
     p.add_argument("--video", required=True)
@@ -512,6 +533,8 @@ def main(argv=None) -> int:
         cmd_encode(args)
     elif args.cmd in ("video", "multiview"):
         cmd_denoiser(args)
+    elif args.cmd == "snapshot":
+        cmd_snapshot(args)
     else:
         cmd_export(args)
     return 0
