@@ -465,8 +465,8 @@ def cmd_snapshot(args) -> None:
 
 # -------------------------------------------------------------------------------------------- export
 def cmd_export(args) -> None:
-    import shutil
-
+    """Copy the three runs' weight files into the shipped folder, optionally setting the denoisers'
+    default guidance (chosen on validation data with scripts/tune_builtin.py) in their configuration."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     srcs = {"autoencoder": Path(args.ae) / FILES["autoencoder"], "video": Path(args.video) / FILES["video"],
@@ -474,11 +474,23 @@ def cmd_export(args) -> None:
     spaces = {k: read_metadata(p)["latent_space"] for k, p in srcs.items()}
     if len(set(spaces.values())) != 1:
         raise SystemExit(f"the three networks were trained in different latent spaces: {spaces}")
+    import shutil
+
+    from backend.models.builtin.weights_io import load_denoiser_net
+
     total = 0
     for k, p in srcs.items():
-        shutil.copyfile(p, out / FILES[k])
-        total += p.stat().st_size
-        print(f"[export] {p} -> {out / FILES[k]} ({p.stat().st_size / 1e6:.1f} MB)")
+        guidance = {"video": args.guidance_video, "multiview": args.guidance_multiview}.get(k)
+        if guidance is None:
+            shutil.copyfile(p, out / FILES[k])
+        else:
+            net, meta = load_denoiser_net(p, k)
+            cfg = replace(net.cfg, guidance=float(guidance))
+            facts = {m: v for m, v in meta.items() if m not in ("format", "model", "config", "latent_space")}
+            save_network(out / FILES[k], k, net, cfg, meta["latent_space"], **facts)
+        size = (out / FILES[k]).stat().st_size
+        total += size
+        print(f"[export] {p} -> {out / FILES[k]} ({size / 1e6:.1f} MB)" + (f", guidance {guidance}" if guidance else ""))
     print(f"[export] total {total / 1e6:.1f} MB")
     if total > 40e6:
         raise SystemExit("shipped weights exceed 40 MB")
@@ -524,6 +536,8 @@ def main(argv=None) -> int:
     p.add_argument("--video", required=True)
     p.add_argument("--multiview", required=True)
     p.add_argument("--out", default="backend/models/builtin/weights")
+    p.add_argument("--guidance-video", type=float, default=None)
+    p.add_argument("--guidance-multiview", type=float, default=None)
     args = ap.parse_args(argv)
     if args.cmd == "autoencoder":
         if args.threads:

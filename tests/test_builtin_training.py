@@ -80,8 +80,9 @@ def test_training_cli_end_to_end_on_a_toy_dataset(tmp_path):
     assert ck["step"] == 2
     out = tmp_path / "weights"
     train.main(["export", "--ae", str(runs / "ae"), "--video", str(runs / "video"), "--multiview", str(runs / "multiview"),
-                "--out", str(out)])
+                "--out", str(out), "--guidance-multiview", "1.5"])
     ms = load_builtin(checkpoints=str(out))
+    assert ms.multiview.guidance == 1.5 and ms.video.guidance == 1.0
     assert ms.info["steps"] == {"autoencoder": "2", "video": "2", "multiview": "2"}
     assert ms.video.net.cfg.unet.channels == (32, 64, 64)
     x = ms.autoencoder.encode(torch.zeros(1, 3, 64, 64))
