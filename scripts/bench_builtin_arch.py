@@ -84,8 +84,8 @@ def main(argv=None) -> int:
         f"ours shipped {shipped.unet.channels} blocks={shipped.unet.blocks}": ("ours", lambda: DenoiserNet(shipped)),
         "ours (64,128,192) blocks=2, temporal@16 full@8,4": ("ours", lambda: DenoiserNet(DenoiserConfig(
             kind="multiview", unet=UNetConfig(channels=(64, 128, 192), blocks=2, temporal_attention=(0,), full_attention=(1, 2))))),
-        "ours (48,96,144) blocks=1, full@8,4": ("ours", lambda: DenoiserNet(DenoiserConfig(
-            kind="multiview", unet=UNetConfig(channels=(48, 96, 144), blocks=1, temporal_attention=(), full_attention=(1, 2))))),
+        "ours (48,128,192) blocks=1, full@8,4": ("ours", lambda: DenoiserNet(DenoiserConfig(
+            kind="multiview", unet=UNetConfig(channels=(48, 128, 192), blocks=1, temporal_attention=(), full_attention=(1, 2))))),
     }
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, one step = {B} sequences x {T} frames at {S}x{S}x{C}")
     results = {}
