@@ -19,6 +19,11 @@ the object's front) rendered only for evaluation (``make_dataset.py --split eval
                 column from the multi-view model alone (w = 1), same known entries, same noise
 
     python scripts/eval_builtin.py --data data/builtin --objects 50 --steps 25 --json runs/eval/results.json
+
+Contact sheets (``--sheets``; each kept under 300 KB, palette-quantised if needed, so they can live
+under docs/): autoencoder_samples.png (renders / reconstructions), multiview_samples.png and
+video_samples.png (truth row / sample row), composition_example.png (views down, frames across:
+truth | composed | video only | multi-view only).
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="data/builtin")
     ap.add_argument("--checkpoints", default=None, help="weights folder (default: the shipped weights)")
     ap.add_argument("--objects", type=int, default=50)
+    ap.add_argument("--compose-objects", type=int, default=None,
+                    help="composition test on the first N of the objects only (default: all; 3 matrices per object)")
     ap.add_argument("--steps", type=int, default=25, help="sampling steps (Karras sigmas, Euler)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="runs/eval/results.json")
@@ -110,11 +117,14 @@ def main(argv=None) -> int:
         p = psnr(rec, truth)
         res["autoencoder"] = {"psnr_mean": float(p.mean()), "psnr_min": float(p.min()),
                               "psnr_p05": float(p.flatten().quantile(0.05))}
+        _sheet_rows(sheets / "autoencoder_samples.png", [truth[:8, 0, 0], rec[:8, 0, 0], truth[:8, 4, 4], rec[:8, 4, 4]])
+        res["seconds_autoencoder"] = round(time.time() - t_start, 1)
         print(f"autoencoder: reconstruction PSNR {p.mean():.2f} dB (5th percentile {res['autoencoder']['psnr_p05']:.2f}, "
               f"min {p.min():.2f}) over {p.numel()} held-out renders   [target >= 30 dB]")
 
     # ------------------------------------------------------------------ multi-view
     if "multiview" not in skip:
+        t_part = time.time()
         cols, conds, tru = [], [], []
         for i in range(N):
             for f in EVAL_FRAMES_MV:
@@ -152,9 +162,11 @@ def main(argv=None) -> int:
             print(f"multi-view [{k:>19}]: silhouette IoU {a:.3f}, masked PSNR {b:.2f} dB (views 1-7, frames {EVAL_FRAMES_MV})"
                   + ("   [target IoU >= 0.85, >= 20 dB; floor 0.75, 15 dB]" if k == "model" else ""))
         _sheet_mv(sheets / "multiview_samples.png", tru, pred, rows=4)
+        res["seconds_multiview"] = round(time.time() - t_part, 1)
 
     # ------------------------------------------------------------------ video
     if "video" not in skip:
+        t_part = time.time()
         clips, conds, tru = [], [], []
         for i in range(N):
             for v in EVAL_ROWS_VIDEO:
@@ -190,17 +202,20 @@ def main(argv=None) -> int:
               f"largest/mean step {stats_pred['max_over_mean_step']:.2f} (training clips {stats_train['max_over_mean_step']:.2f})")
         print(f"video: against the true motion (one of many plausible): IoU {ious:.3f}, masked PSNR {mps:.2f} dB")
         _sheet_rows(sheets / "video_samples.png", [x for b in range(4) for x in (tru[b], pred[b])])
+        res["seconds_video"] = round(time.time() - t_part, 1)
 
     # ------------------------------------------------------------------ composition
     if "compose" not in skip:
+        t_part = time.time()
+        nc = N if args.compose_objects is None else max(1, min(N, args.compose_objects))
         mask = torch.zeros(V, F, dtype=torch.bool)
         mask[:, 0] = True
         mask[0, :] = True
         methods = {"composed": logistic_weight(), "video_only": constant_weight(0.0), "multiview_only": constant_weight(1.0)}
         scores = {k: {"iou": [], "masked_psnr": []} for k in methods}
-        bar = tqdm(total=N * len(methods), desc="composition", unit="matrix")
+        bar = tqdm(total=nc * len(methods), desc="composition", unit="matrix")
         example = None
-        for i in range(N):
+        for i in range(nc):
             g = torch.Generator().manual_seed(args.seed + 1000 + i)
             xT = torch.randn(lat[i].shape, generator=g) * float(sig[0])
             vc = [ms.video_cond(lat[i, v, 0]) for v in range(V)]
@@ -221,16 +236,17 @@ def main(argv=None) -> int:
         comp = {k: {m: float(np.mean(v)) for m, v in s.items()} for k, s in scores.items()}
         wins = {f"beats_{b}": {m: float(np.mean(np.array(scores["composed"][m]) > np.array(scores[b][m])))
                                for m in ("iou", "masked_psnr")} for b in ("video_only", "multiview_only")}
-        res["composition"] = {**comp, **wins, "schedule": repr(methods["composed"]),
+        res["composition"] = {**comp, **wins, "schedule": repr(methods["composed"]), "objects": nc,
                               "per_object": scores}
         for k, s in comp.items():
             print(f"composition [{k:>14}]: masked PSNR {s['masked_psnr']:.2f} dB, silhouette IoU {s['iou']:.3f} "
-                  "(49 unknown entries per object)")
+                  f"(49 unknown entries per object, {nc} objects)")
         ok = all(comp["composed"][m] > comp[b][m] for b in ("video_only", "multiview_only") for m in ("iou", "masked_psnr"))
         print(f"composition: composed beats both baselines on both metrics: {ok}; per-object win rates {wins}")
         res["composition"]["beats_both"] = ok
         t, outs = example
         _sheet_matrix(sheets / "composition_example.png", t, outs)
+        res["seconds_composition"] = round(time.time() - t_part, 1)
 
     res["seconds"] = round(time.time() - t_start, 1)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -239,11 +255,21 @@ def main(argv=None) -> int:
     return 0
 
 
-def _to_png(grid: torch.Tensor, path: Path) -> None:
+MAX_SHEET_BYTES = 300_000
+
+
+def _to_png(grid: torch.Tensor, path: Path, max_bytes: int = MAX_SHEET_BYTES) -> None:
+    """grid [3, H, W] in [0, 1] -> PNG under ``max_bytes`` (palette-quantised, then halved, if needed)."""
     from PIL import Image
 
     arr = (grid.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(arr).save(path, optimize=True)
+    img = Image.fromarray(arr)
+    img.save(path, optimize=True)
+    if path.stat().st_size > max_bytes:
+        img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    while path.stat().st_size > max_bytes and min(img.size) > 64:
+        img = img.resize((img.width // 2, img.height // 2), Image.BOX)
+        img.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 def _sheet_rows(path: Path, rows: list) -> None:

@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
 
 from backend.models.builtin.weights_io import FILES, read_metadata  # noqa: E402
 
+MAX_SHEET_BYTES = 300_000
 CARD_NAMES = {"autoencoder": "AUTOENCODER.md", "video": "VIDEO.md", "multiview": "MULTIVIEW.md"}
 
 DESCRIPTION = {
@@ -134,7 +136,8 @@ def composition_section(ev: dict | None) -> str:
         rows.append(f"| {k.replace('_', ' ')} | {c[k]['masked_psnr']:.2f} | {c[k]['iou']:.3f} |")
     return ("\n## Composition (both models together)\n\nKnown turntable (all views at frame 0) and true front clip "
             "(view 0, all frames); the 49 other entries sampled with `sample_matrix` and the default schedule "
-            f"`{c.get('schedule')}`, against the baselines (same known entries, same noise):\n\n" + "\n".join(rows)
+            f"`{c.get('schedule')}`, against the baselines (same known entries, same noise), mean over "
+            f"{c.get('objects', ev.get('objects'))} held-out objects ({ev.get('steps')} sampling steps):\n\n" + "\n".join(rows)
             + f"\n\nComposed beats both baselines on both metrics: **{c.get('beats_both')}**; per-object win rates "
             f"{json.dumps({k: v for k, v in c.items() if k.startswith('beats_') and isinstance(v, dict)})}.\n")
 
@@ -147,7 +150,8 @@ def data_section(kind: str, data: Path) -> str:
         meta = data / s / "meta.json"
         if meta.is_file():
             m = json.loads(meta.read_text())
-            lines.append(f"- `{s}`: {m['count']} items, seed {m['seed']}: `{m.get('command', '')}`")
+            command = m.get("command", "").replace(str(REPO) + "/", "")
+            lines.append(f"- `{s}`: {m['count']} items, seed {m['seed']}: `{command}`")
     recipe = {
         "autoencoder": "Images of both training splits (random subsets of shards in memory), horizontally flipped half the time; "
                        "held-out PSNR on 128 images of `val-multiview`.",
@@ -172,7 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--eval", default=None)
     ap.add_argument("--data", default="data/builtin")
     ap.add_argument("--out", default="backend/models/builtin/weights")
-    ap.add_argument("--sheets", default="docs/builtin", help="contact sheets, linked relative to the card")
+    ap.add_argument("--sheets", default="docs/builtin",
+                    help="contact sheets (from eval_builtin.py --sheets), linked relative to the card; give it relative "
+                         "to the repository root")
     ap.add_argument("--extra", default=None, help="json {kind: markdown} appended to cards (e.g. architecture study)")
     args = ap.parse_args(argv)
     ev = json.loads(Path(args.eval).read_text()) if args.eval and Path(args.eval).is_file() else None
@@ -185,6 +191,12 @@ def main(argv=None) -> int:
         cfg = json.loads(meta["config"])
         size = wfile.stat().st_size
         sheets = sorted(Path(args.sheets).glob(f"{kind}_*.png"))
+        if kind != "autoencoder":
+            sheets += sorted(Path(args.sheets).glob("composition_*.png"))
+        for s in sheets:
+            if s.stat().st_size > MAX_SHEET_BYTES:
+                raise SystemExit(f"{s} is {s.stat().st_size / 1e3:.0f} KB; sheets under docs/ must stay below "
+                                 f"{MAX_SHEET_BYTES / 1e3:.0f} KB")
         rel = [Path("../../../..") / s for s in sheets]
         text = [f"# Built-in {kind} model\n", DESCRIPTION[kind] + "\n",
                 "## File\n",
@@ -193,10 +205,11 @@ def main(argv=None) -> int:
                 "## Data\n", data_section(kind, Path(args.data)),
                 "## Training\n",
                 f"- steps: {meta.get('step')}, wall-clock {meta.get('minutes')} min on the shared 2-core CPU machine "
-                "(other engineers' jobs running at the same time; see the curve for CPU core-hours)\n",
-                f"- final training loss: {meta.get('final_train_loss', '–')}\n" if kind != "autoencoder" else "",
-                f"- exact command: `{meta.get('command')}`\n",
-                "\nLearning curve (held-out evaluation during training, EMA weights):\n\n",
+                "(other engineers' jobs running at the same time; see the curve for CPU core-hours)"
+                + (f"\n- final training loss (mean of the last 25 steps): {meta.get('final_train_loss', '–')}"
+                   if kind != "autoencoder" else "")
+                + f"\n- exact command: `{meta.get('command')}`\n",
+                "Learning curve (held-out evaluation during training, EMA weights):\n",
                 learning_curve_table(kind, _curve(run)),
                 "\n## Evaluation on held-out objects\n", eval_section(kind, ev),
                 composition_section(ev) if kind != "autoencoder" else "",
