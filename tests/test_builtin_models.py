@@ -170,3 +170,24 @@ def test_weight_files_round_trip_and_must_belong_together(tmp_path, ms):
     save_network(tmp_path / FILES["multiview"], "video", ms.video.net, ms.video.cfg, space)
     with pytest.raises(ValueError, match="not a dsquare built-in multiview weight file"):
         load_builtin(checkpoints=str(tmp_path))
+
+
+def test_networks_do_not_shadow_torch_module_methods(ms):
+    """A method named like one of nn.Module's (``_apply``, ``to``, ``train``...) on a built-in network silently
+    breaks ``.to()`` / ``.float()`` / ``.eval()``; none may exist, and dtype/device moves must reach every tensor."""
+    import copy
+
+    from torch import nn
+
+    allowed = {"__init__", "forward", "extra_repr", "__doc__", "__module__", "__dict__", "__weakref__", "__annotations__"}
+    reserved = set(vars(nn.Module)) - allowed
+    for net in (ms.autoencoder.net, ms.video.net, ms.multiview.net):
+        ours = {type(m) for m in net.modules() if type(m).__module__.startswith("backend.models.builtin")}
+        assert len(ours) >= 2
+        for cls in ours:
+            clash = sorted(set(vars(cls)) & reserved)
+            assert not clash, f"{cls.__name__} overrides nn.Module.{clash}"
+        moved = copy.deepcopy(net).double()
+        assert all(t.dtype == torch.float64 for t in list(moved.parameters()) + [b for b in moved.buffers()
+                                                                                 if b.is_floating_point()])
+        assert next(moved.float().parameters()).dtype == torch.float32
