@@ -91,7 +91,9 @@ def learning_curve_table(kind: str, recs: list[dict]) -> str:
 def eval_section(kind: str, ev: dict | None) -> str:
     if not ev:
         return "Not evaluated yet (`scripts/eval_builtin.py`).\n"
-    cmd = f"\nCommand: `{ev.get('command')}` ({ev.get('objects')} held-out objects, {ev.get('steps')} sampling steps).\n"
+    part = ev.get({"autoencoder": "autoencoder", "video": "video", "multiview": "multiview"}[kind], {})
+    src = part.get("_source", ev)
+    cmd = f"\nCommand: `{src.get('command')}` ({src.get('objects')} held-out objects, {src.get('steps')} sampling steps).\n"
     if kind == "autoencoder" and "autoencoder" in ev:
         a = ev["autoencoder"]
         ok = "met" if a["psnr_mean"] >= 30 else "NOT met"
@@ -137,7 +139,8 @@ def composition_section(ev: dict | None) -> str:
     return ("\n## Composition (both models together)\n\nKnown turntable (all views at frame 0) and true front clip "
             "(view 0, all frames); the 49 other entries sampled with `sample_matrix` and the default schedule "
             f"`{c.get('schedule')}`, against the baselines (same known entries, same noise), mean over "
-            f"{c.get('objects', ev.get('objects'))} held-out objects ({ev.get('steps')} sampling steps):\n\n" + "\n".join(rows)
+            f"{c.get('objects', ev.get('objects'))} held-out objects ({c.get('_source', ev).get('steps')} sampling steps), "
+            f"command `{c.get('_source', ev).get('command')}`:\n\n" + "\n".join(rows)
             + f"\n\nComposed beats both baselines on both metrics: **{c.get('beats_both')}**; per-object win rates "
             f"{json.dumps({k: v for k, v in c.items() if k.startswith('beats_') and isinstance(v, dict)})}.\n")
 
@@ -168,12 +171,28 @@ def data_section(kind: str, data: Path) -> str:
             + "\n".join(lines) + "\n")
 
 
+def merge_evaluations(paths: list[Path]) -> dict:
+    """Merge eval_builtin.py result files (parts evaluated by separate runs); each part remembers the run it
+    came from (``_source``: command, objects, steps)."""
+    merged: dict = {}
+    for path in paths:
+        ev = json.loads(path.read_text())
+        src = {k: ev.get(k) for k in ("command", "objects", "steps", "seconds")}
+        for part in ("autoencoder", "multiview", "video", "composition"):
+            if part in ev:
+                merged[part] = {**ev[part], "_source": src}
+        for k, v in src.items():
+            merged.setdefault(k, v)
+    return merged
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ae", required=True)
     ap.add_argument("--video", required=True)
     ap.add_argument("--multiview", required=True)
-    ap.add_argument("--eval", default=None)
+    ap.add_argument("--eval", nargs="+", default=None,
+                    help="eval_builtin.py results json(s); several runs (e.g. parts run in parallel with --skip) merge")
     ap.add_argument("--data", default="data/builtin")
     ap.add_argument("--out", default="backend/models/builtin/weights")
     ap.add_argument("--sheets", default="docs/builtin",
@@ -181,7 +200,7 @@ def main(argv=None) -> int:
                          "to the repository root")
     ap.add_argument("--extra", default=None, help="json {kind: markdown} appended to cards (e.g. architecture study)")
     args = ap.parse_args(argv)
-    ev = json.loads(Path(args.eval).read_text()) if args.eval and Path(args.eval).is_file() else None
+    ev = merge_evaluations([Path(e) for e in args.eval]) if args.eval else None
     extra = json.loads(Path(args.extra).read_text()) if args.extra else {}
     out = Path(args.out)
     runs = {"autoencoder": Path(args.ae), "video": Path(args.video), "multiview": Path(args.multiview)}
