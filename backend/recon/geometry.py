@@ -63,4 +63,4 @@ def axis_angle_to_rotmat(v: Tensor) -> Tensor:
 def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
     """Σ = R S Sᵀ Rᵀ from quaternions [..., 4] and (positive) scales [..., 3] -> [..., 3, 3]."""
     m = quat_to_rotmat(quats) * scales[..., None, :]
-    return m @ m.transpose(-1, -2)
+    return (m[..., :, None, :] * m[..., None, :, :]).sum(-1)  # elementwise: no tiny batched matmuls

@@ -70,8 +70,7 @@ def project_gaussians(
     R = viewmats[..., :3, :3]  # [B, C, 3, 3]
     t = viewmats[..., :3, 3]  # [B, C, 3]
     mc = torch.einsum("bcij,bnj->bcni", R, means) + t[:, :, None, :]  # [B, C, N, 3]
-    cov = covariance_3d(quats, scales)  # [B, N, 3, 3]
-    covc = R[:, :, None] @ cov[:, None] @ R.transpose(-1, -2)[:, :, None]  # [B, C, N, 3, 3]
+    cov = covariance_3d(quats, scales)[:, None]  # [B, 1, N, 3, 3] world space
 
     x, y, z = mc.unbind(-1)
     fx, fy = Ks[..., 0, 0][..., None], Ks[..., 1, 1][..., None]  # [B, C, 1]
@@ -83,13 +82,16 @@ def project_gaussians(
     lim_yp, lim_yn = (height - cyg) / fy + 0.3 * tan_y, cyg / fy + 0.3 * tan_y
     tx = zs * torch.minimum(lim_xp, torch.maximum(-lim_xn, x / zs))
     ty = zs * torch.minimum(lim_yp, torch.maximum(-lim_yn, y / zs))
-    j00, j02 = fx / zs, -fx * tx / (zs * zs)
-    j11, j12 = fy / zs, -fy * ty / (zs * zs)
-    c00, c01, c02 = covc[..., 0, 0], covc[..., 0, 1], covc[..., 0, 2]
-    c11, c12, c22 = covc[..., 1, 1], covc[..., 1, 2], covc[..., 2, 2]
-    a = j00 * j00 * c00 + 2 * j00 * j02 * c02 + j02 * j02 * c22 + eps2d
-    b = j00 * j11 * c01 + j00 * j12 * c02 + j02 * j11 * c12 + j02 * j12 * c22
-    c = j11 * j11 * c11 + 2 * j11 * j12 * c12 + j12 * j12 * c22 + eps2d
+    # rows of J @ R (the EWA Jacobian composed with the camera rotation), [B, C, N, 3] each
+    Rb = R[:, :, None]  # [B, C, 1, 3, 3]
+    r0, r1, r2 = Rb[..., 0, :], Rb[..., 1, :], Rb[..., 2, :]
+    t0 = (fx / zs)[..., None] * r0 - (fx * tx / (zs * zs))[..., None] * r2
+    t1 = (fy / zs)[..., None] * r1 - (fy * ty / (zs * zs))[..., None] * r2
+    s0 = (cov * t0[..., None, :]).sum(-1)  # Σ t0ᵀ, [B, C, N, 3]
+    s1 = (cov * t1[..., None, :]).sum(-1)
+    a = (t0 * s0).sum(-1) + eps2d
+    b = (t0 * s1).sum(-1)
+    c = (t1 * s1).sum(-1) + eps2d
     det = a * c - b * b
     det_safe = torch.where(det > 0, det, torch.ones_like(det))
     conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)

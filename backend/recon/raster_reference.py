@@ -2,7 +2,8 @@
 
 Independent of the PyTorch path: no tiles, no culling boxes; every pixel walks every Gaussian in
 depth order. Same image model (EWA projection with gsplat's Jacobian clamping and 2D blur, alpha
-capped at 0.999, contributions under 1/255 skipped, pixel centres at integer coordinates).
+capped at 0.999, contributions under 1/255 skipped, a pixel finished once its transmittance
+would fall to 1e-4, pixel centres at integer coordinates).
 Slow by design: use on tiny images only.
 """
 
@@ -61,6 +62,8 @@ def render_reference(means, quats, scales, opacities, colors, viewmat, K, width,
                 alpha = min(0.999, o * np.exp(-sigma))
                 if sigma < 0 or alpha < 1.0 / 255.0:
                     continue
+                if T * (1.0 - alpha) <= 1e-4:  # pixel done (gsplat's early termination)
+                    break
                 out[i, j] += alpha * T * feat
                 T *= 1.0 - alpha
             acc[i, j] = 1.0 - T

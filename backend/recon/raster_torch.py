@@ -2,16 +2,17 @@
 
 Same image model as gsplat 1.5's ``rasterization`` (classic mode): EWA projection
 (``projection.py``), Gaussians composited front to back in order of camera depth with
-``alpha = min(0.999, o * exp(-sigma))``, contributions under 1/255 skipped. One difference:
-gsplat stops a pixel once its transmittance falls below 1e-4; here every Gaussian is composited
-(the colour differs by less than 1e-4).
+``alpha = min(0.999, o * exp(-sigma))``, contributions under 1/255 skipped, and a pixel finished
+once its transmittance would fall to 1e-4 (that Gaussian and all behind it are skipped).
 
 Instead of gsplat's tiles, the work is organised as (pixel, Gaussian) *pairs*: every Gaussian
-lists the pixels inside its opacity-aware screen box where its alpha reaches 1/255 (no gradient
-needed for that bookkeeping), the pairs are sorted by pixel with depth order kept, and the
-compositing is a segmented cumulative sum of log-transmittance over the sorted pairs. Work is
-proportional to the real overlap (no padding to the busiest tile), which on CPU is 3-4x cheaper
-than dense per-tile compositing at 64x64. Autograd differentiates the whole program.
+lists the pixels inside its opacity-aware screen box where its alpha reaches 1/255, the pairs are
+sorted by pixel with depth order kept, and compositing is a segmented cumulative sum of
+log-transmittance over the sorted pairs. Work is proportional to the real overlap (no padding to
+the busiest tile; pairs behind finished pixels are dropped). The bookkeeping needs no gradient;
+the compositing is one autograd ``Function`` with a hand-written backward (the gradient of each
+alpha needs the colour accumulated *behind* it: a reverse segmented sum), so memory and time stay
+proportional to the number of pairs.
 """
 
 from __future__ import annotations
@@ -21,52 +22,129 @@ from torch import Tensor
 
 from .projection import ALPHA_THRESHOLD, MAX_ALPHA, Projected, project_gaussians
 
+T_STOP = 1e-4  # gsplat: a pixel is done once its transmittance would drop to this
 
-def _pairs(proj: Projected, opacities: Tensor, width: int, height: int):
-    """Sorted (pixel, Gaussian) pairs, no gradients.
 
-    Returns (pixel [P] = image * H * W + y * W + x, gauss [P] index into the flattened [I * N],
-    x [P], y [P], segment id [P], first pair of each segment [S]); pairs of one pixel are
-    contiguous and in front-to-back order.
-    """
-    B, C, N = proj.depths.shape
-    I_ = B * C
-    dev, dt = proj.means2d.device, proj.means2d.dtype
-    radii = proj.radii.reshape(I_ * N, 2)
-    flat = torch.nonzero((radii > 0).all(-1)).squeeze(1)
-    image = flat // N
-    depth = proj.depths.detach().reshape(-1)[flat].double()
-    order = torch.argsort(image.double() * 1e7 + depth.clamp(-1e6, 1e6))  # by image, then depth
-    flat = flat[order]
-    m2 = proj.means2d.detach().reshape(I_ * N, 2)[flat]
-    r = radii[flat].to(dt)
-    x0 = torch.floor(m2[:, 0] - r[:, 0]).clamp(0, width).long()
-    x1 = (torch.floor(m2[:, 0] + r[:, 0]) + 1).clamp(0, width).long()
-    y0 = torch.floor(m2[:, 1] - r[:, 1]).clamp(0, height).long()
-    y1 = (torch.floor(m2[:, 1] + r[:, 1]) + 1).clamp(0, height).long()
-    nx = (x1 - x0).clamp_min(0)
-    counts = nx * (y1 - y0).clamp_min(0)
-    owner = torch.repeat_interleave(torch.arange(flat.numel(), device=dev), counts)
-    local = torch.arange(owner.numel(), device=dev) - (torch.cumsum(counts, 0) - counts)[owner]
-    x = x0[owner] + local % nx[owner]
-    y = y0[owner] + local // nx[owner]
-    gauss = flat[owner]
-    # drop pairs whose alpha stays under the threshold (the ellipse is smaller than its box)
-    con = proj.conics.detach().reshape(I_ * N, 3)[gauss]
-    d = proj.means2d.detach().reshape(I_ * N, 2)[gauss] - torch.stack([x, y], -1).to(dt)
-    sigma = 0.5 * (con[:, 0] * d[:, 0] ** 2 + con[:, 2] * d[:, 1] ** 2) + con[:, 1] * d[:, 0] * d[:, 1]
-    op = opacities.detach()[:, None, :].expand(B, C, N).reshape(-1)[gauss]
-    keep = (sigma >= 0) & (op * torch.exp(-sigma) >= ALPHA_THRESHOLD)
-    gauss, x, y = gauss[keep], x[keep], y[keep]
-    pixel = (gauss // N) * (height * width) + y * width + x
-    key = pixel.int() if I_ * height * width < 2**31 else pixel
-    perm = torch.sort(key, stable=True)[1]  # stable: keeps the depth order within a pixel
-    pixel, gauss, x, y = pixel[perm], gauss[perm], x[perm], y[perm]
+def _segments(pixel: Tensor) -> tuple[Tensor, Tensor]:
+    """Segment id [P] and first index [S] of each run of equal ``pixel`` values."""
     new = torch.ones_like(pixel, dtype=torch.bool)
     new[1:] = pixel[1:] != pixel[:-1]
-    segment = torch.cumsum(new.long(), 0) - 1
-    first = torch.nonzero(new).squeeze(1)
-    return pixel, gauss, x.to(dt), y.to(dt), segment, first
+    return torch.cumsum(new.long(), 0) - 1, torch.nonzero(new).squeeze(1)
+
+
+def _segmented_exclusive_cumsum(values: Tensor, segment: Tensor, first: Tensor) -> Tensor:
+    """Sum of the earlier values in the same segment (float64 running sum)."""
+    v = values.double()
+    excl = torch.cumsum(v, 0) - v
+    return excl - excl[first][segment]
+
+
+def _alpha(means2d, conics, opac, gauss, x, y):
+    m = means2d[gauss]
+    c = conics[gauss]
+    dx, dy = m[:, 0] - x, m[:, 1] - y
+    sigma = 0.5 * (c[:, 0] * dx * dx + c[:, 2] * dy * dy) + c[:, 1] * dx * dy
+    raw = opac[gauss] * torch.exp(-sigma)
+    return raw, sigma, dx, dy, c
+
+
+@torch.no_grad()
+def _pairs(means2d: Tensor, conics: Tensor, opac: Tensor, radii: Tensor, depths: Tensor, N: int,
+           width: int, height: int):
+    """Sorted, visible (pixel, Gaussian) pairs over flattened [G = I * N] Gaussians.
+
+    Returns (pixel [P] = image * H * W + y * W + x, gauss [P], x [P], y [P]); pairs of one pixel are
+    contiguous, front to back, and stop where gsplat's early termination would.
+    """
+    dev, dt = means2d.device, means2d.dtype
+    G = means2d.shape[0]
+    flat = torch.nonzero((radii > 0).all(-1)).squeeze(1)
+    image = torch.div(flat, N, rounding_mode="floor")
+    order = flat[torch.argsort(image.double() * 1e7 + depths[flat].double().clamp(-1e6, 1e6))]
+    rank = torch.empty(G, dtype=torch.long, device=dev)
+    rank[order] = torch.arange(order.numel(), device=dev)  # front-to-back rank within each image
+    # Each Gaussian's box is floor(centre) +- r with r = max(rx, ry): enumerate boxes of equal r by
+    # broadcasting (no per-pair gathers), keep pixels where alpha reaches the threshold.
+    r_all = radii[flat].max(-1).values.long()
+    parts = []
+    for r in torch.unique(r_all).tolist():
+        sel = flat[r_all == r]
+        m = means2d[sel]
+        base = torch.floor(m)
+        off = torch.arange(-r, r + 1, device=dev, dtype=dt)
+        dx = (m[:, 0] - base[:, 0])[:, None, None] - off[None, None, :]  # [n, 1, 2r+1]
+        dy = (m[:, 1] - base[:, 1])[:, None, None] - off[None, :, None]  # [n, 2r+1, 1]
+        c = conics[sel]
+        sigma = 0.5 * (c[:, 0, None, None] * dx * dx + c[:, 2, None, None] * dy * dy) + c[:, 1, None, None] * dx * dy
+        raw = opac[sel][:, None, None] * torch.exp(-sigma)
+        px = base[:, 0, None, None] + off[None, None, :]
+        py = base[:, 1, None, None] + off[None, :, None]
+        ok = (sigma >= 0) & (raw >= ALPHA_THRESHOLD) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
+        i, oy, ox = torch.nonzero(ok, as_tuple=True)
+        g = sel[i]
+        x = base[i, 0].long() + ox - r
+        y = base[i, 1].long() + oy - r
+        parts.append((g, x, y, raw[i, oy, ox].clamp_max(MAX_ALPHA)))
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        return empty, empty, torch.zeros(0, dtype=dt, device=dev), torch.zeros(0, dtype=dt, device=dev)
+    gauss, x, y, alpha = (torch.cat(t) for t in zip(*parts))
+    pixel = torch.div(gauss, N, rounding_mode="floor") * (height * width) + y * width + x
+    perm = torch.sort(pixel * G + rank[gauss])[1]  # by pixel, then front to back
+    pixel, gauss, alpha = pixel[perm], gauss[perm], alpha[perm]
+    segment, first = _segments(pixel)
+    log_t = torch.log1p(-alpha)
+    t_incl = torch.exp(_segmented_exclusive_cumsum(log_t, segment, first) + log_t.double())
+    live = t_incl > T_STOP
+    pixel, gauss = pixel[live], gauss[live]
+    within = pixel % (height * width)
+    return pixel, gauss, (within % width).to(dt), torch.div(within, width, rounding_mode="floor").to(dt)
+
+
+class _Composite(torch.autograd.Function):
+    """Front-to-back compositing of sorted pairs into per-pixel sums [npix, D + 1] of
+    (w * feat, w), w = alpha * transmittance."""
+
+    @staticmethod
+    def forward(ctx, means2d, conics, opac, feat, gauss, pixel, x, y, npix):
+        raw, sigma, dx, dy, c = _alpha(means2d, conics, opac, gauss, x, y)
+        alpha = raw.clamp_max(MAX_ALPHA)
+        segment, first = _segments(pixel)
+        log_t = torch.log1p(-alpha)
+        trans = torch.exp(_segmented_exclusive_cumsum(log_t, segment, first)).to(alpha.dtype)
+        w = alpha * trans
+        f = feat[gauss]
+        out = torch.zeros(npix, feat.shape[1] + 1, dtype=feat.dtype, device=feat.device)
+        out.index_add_(0, pixel, torch.cat([w[:, None] * f, w[:, None]], 1))
+        ctx.save_for_backward(gauss, pixel, raw, alpha, trans, dx, dy, c, f, segment, first, opac)
+        ctx.shapes = (means2d.shape, conics.shape, feat.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        gauss, pixel, raw, alpha, trans, dx, dy, c, f, segment, first, opac = ctx.saved_tensors
+        m_shape, c_shape, f_shape = ctx.shapes
+        D = f_shape[1]
+        g = grad_out[pixel]  # [P, D + 1]
+        w = alpha * trans
+        fg = (f * g[:, :D]).sum(1) + g[:, D]
+        grad_feat = torch.zeros(f_shape, dtype=f.dtype, device=f.device).index_add_(0, gauss, w[:, None] * g[:, :D])
+        # contribution of everything behind each pair, in the same pixel
+        v = (w * fg).double()
+        incl = torch.cumsum(v, 0)
+        incl = incl - (incl - v)[first][segment]
+        last = torch.cat([first[1:] - 1, torch.tensor([pixel.numel() - 1], device=first.device)])
+        behind = (incl[last][segment] - incl).to(alpha.dtype)
+        d_alpha = trans * fg - behind / (1.0 - alpha)
+        d_alpha = torch.where(raw < MAX_ALPHA, d_alpha, torch.zeros_like(d_alpha))
+        e = raw / opac[gauss].clamp_min(1e-30)  # exp(-sigma)
+        d_opac = torch.zeros(opac.shape, dtype=opac.dtype, device=opac.device).index_add_(0, gauss, d_alpha * e)
+        d_sigma = -d_alpha * raw
+        d_con = torch.stack([0.5 * dx * dx * d_sigma, dx * dy * d_sigma, 0.5 * dy * dy * d_sigma], 1)
+        d_mean = torch.stack([(c[:, 0] * dx + c[:, 1] * dy) * d_sigma, (c[:, 2] * dy + c[:, 1] * dx) * d_sigma], 1)
+        grad_conics = torch.zeros(c_shape, dtype=c.dtype, device=c.device).index_add_(0, gauss, d_con)
+        grad_means = torch.zeros(m_shape, dtype=c.dtype, device=c.device).index_add_(0, gauss, d_mean)
+        return grad_means, grad_conics, d_opac, grad_feat, None, None, None, None, None
 
 
 def composite(proj: Projected, opacities: Tensor, colors: Tensor, width: int, height: int,
@@ -78,24 +156,15 @@ def composite(proj: Projected, opacities: Tensor, colors: Tensor, width: int, he
     """
     B, C, N = proj.depths.shape
     D = colors.shape[-1]
-    I_ = B * C
-    dev, dt = proj.means2d.device, proj.means2d.dtype
-    with torch.no_grad():
-        pixel, gauss, x, y, segment, first = _pairs(proj, opacities, width, height)
-    batch, g = gauss // (C * N), gauss % N
-    m2 = proj.means2d.reshape(I_ * N, 2)[gauss]
-    con = proj.conics.reshape(I_ * N, 3)[gauss]
-    dx, dy = m2[:, 0] - x, m2[:, 1] - y
-    sigma = 0.5 * (con[:, 0] * dx * dx + con[:, 2] * dy * dy) + con[:, 1] * dx * dy
-    alpha = (opacities[batch, g] * torch.exp(-sigma)).clamp_max(MAX_ALPHA)
-    log_t = torch.log1p(-alpha).double()  # float64: the running sum spans every pixel
-    cum = torch.cumsum(log_t, 0)
-    excl = cum - log_t
-    trans = torch.exp(excl - excl[first][segment]).to(dt)  # transmittance in front of each pair
-    w = alpha * trans
-    feat = torch.cat([colors[batch, g], proj.depths.reshape(I_ * N, 1)[gauss], torch.ones_like(w)[:, None]], -1)
-    out = torch.zeros(I_ * height * width, D + 2, dtype=dt, device=dev)
-    out = out.index_add(0, pixel, w[:, None] * feat).reshape(B, C, height, width, D + 2)
+    G = B * C * N
+    means2d = proj.means2d.reshape(G, 2)
+    conics = proj.conics.reshape(G, 3)
+    opac = opacities[:, None, :].expand(B, C, N).reshape(G)
+    feat = torch.cat([colors[:, None].expand(B, C, N, D), proj.depths[..., None]], -1).reshape(G, D + 1)
+    pixel, gauss, x, y = _pairs(means2d.detach(), conics.detach(), opac.detach(), proj.radii.reshape(G, 2),
+                                proj.depths.detach().reshape(G), N, width, height)
+    out = _Composite.apply(means2d, conics, opac, feat, gauss, pixel, x, y, B * C * height * width)
+    out = out.reshape(B, C, height, width, D + 2)
     acc = out[..., D + 1 :]
     rgb = out[..., :D] + (1.0 - acc) * background[:, :, None, None, :]
     return rgb, acc, out[..., D : D + 1]
