@@ -23,7 +23,7 @@ import torch
 
 from backend.errors import Cancelled, InvalidInput
 
-from .carve import initial_points, silhouettes
+from .carve import initial_points, silhouettes, surface_voxels, visual_hull
 from .inputs import FitInputs, check_inputs
 from .losses import LOSS_NAMES, PhotometricLoss, blur_images, psnr
 from .model import Gaussians
@@ -31,6 +31,7 @@ from .motion import MotionField, farthest_point_sampling, knn
 from .raster import BACKENDS, rasterize, resolve_backend
 from .result import Fit4D
 from .silhouette import SilhouetteLoss
+from .track import chamfer, track_hulls
 
 PROGRESS_EVERY = 25
 
@@ -45,7 +46,9 @@ class FitOptions:
     max_gaussians: int = 8000
     num_nodes: int = 192              # deformation-graph nodes
     k_blend: int = 4                  # nodes blended per point
-    frames_per_step: int = 2          # frames per step (all views of each)
+    frames_per_step: int = 2          # frames per step (all views of each); frame 0 is always one of them
+    canonical_warmup: float = 0.15    # fraction of the budget fitting frame 0 alone (the canonical scene)
+    canonical_lr_after: float = 0.3   # canonical means' learning rate factor once motion is fitted
     loss: str = "auto"                # 'auto' | 'l1+dssim' | 'dssim+lpips'
     lr_means: float = 1e-3
     lr_final_ratio: float = 0.05
@@ -61,8 +64,14 @@ class FitOptions:
     blur_px: float = 2.0              # coarse-to-fine: loss on images blurred by this sigma at first
     blur_until: float = 0.3           # ... decaying to none at this fraction of the budget
     w_arap: float = 0.2
-    w_smooth: float = 0.05
-    progressive: bool = True          # add frames one at a time, each from the previous frame's pose
+    w_smooth: float = 0.001
+    w_hull: float = 1.0               # chamfer between moved Gaussians and each frame's visual hull
+    track: bool = True                # initialise the motion by tracking the per-frame visual hulls
+    track_iterations: int = 10        # Gauss-Newton iterations per frame when tracking
+    track_rigidity: float = 0.003     # ARAP weight of the tracking (against the hull distances)
+    hull_tolerance: int = 0           # views allowed to disagree when carving a frame's hull
+    max_hull_points: int = 3000       # surface voxels per hull (the carving grid is coarsened to fit)
+    progressive: bool = False         # add frames one at a time, each from the previous frame's pose
     grow_until: float = 0.4           # ... all frames active by this fraction of the budget
     densify_every: int = 100
     densify_from: int = 100
@@ -159,6 +168,7 @@ class _Fitter:
         self.w2c = torch.tensor(data.w2c, dtype=torch.float32, device=dev)
         self.loss_fn = PhotometricLoss(opts.loss, dev)
         masks = silhouettes(data.rgb, data.alpha)  # [V, F, H, W]
+        self.masks = masks
         self.silhouette = None
         if opts.w_outside > 0 or opts.w_coverage > 0:
             self.silhouette = SilhouetteLoss(masks.transpose(1, 0, 2, 3), dev, seed=opts.seed)
@@ -176,7 +186,36 @@ class _Fitter:
         nodes = pts_t[farthest_point_sampling(pts_t, o.num_nodes, seed=o.seed)]
         motion = MotionField(nodes, torch.tensor(d.times), k_blend=o.k_blend).to(self.device)
         motion.nodes.requires_grad_(False)
+        self.hulls = None
+        if o.w_hull > 0 or o.track:
+            # one grid for every frame (unmoved parts then match exactly), coarse enough that the
+            # first frame's hull surface has at most ``max_hull_points`` voxels
+            self.hull_res = o.carve_resolution
+            count = self._hull(0).shape[0]
+            if count > o.max_hull_points:
+                self.hull_res = max(12, int(o.carve_resolution * math.sqrt(o.max_hull_points / count)))
+            self.hulls = [self._hull(f) for f in range(self.F)]
+        if o.track and self.F > 1:
+            # all surface voxels of every hull: they lie on one grid, so unmoved parts match exactly
+            track_hulls(motion, self.hulls[0], self.hulls,
+                        iterations=o.track_iterations, rigidity=o.track_rigidity,
+                        cancel=None if o.cancel is None else o.cancel.is_set)
         return g, motion
+
+    def _subsample(self, n: int, k: int) -> torch.Tensor:
+        return torch.as_tensor(np.sort(self.rng.choice(n, min(n, k), replace=False)), device=self.device)
+
+    def _hull(self, f: int) -> torch.Tensor:
+        """Surface points [Q, 3] of frame f's visual hull."""
+        d, o = self.data, self.opts
+        masks = self.masks[:, f]
+        for tol in range(o.hull_tolerance, self.V):
+            occ, step = visual_hull(masks, d.K, d.w2c, resolution=getattr(self, "hull_res", o.carve_resolution),
+                                    tolerance=tol, dilation=0)
+            if occ.shape[0] >= 16:
+                break
+        surf = surface_voxels(occ, step) if occ.shape[0] >= 16 else occ
+        return torch.tensor(surf.reshape(-1, 3), dtype=torch.float32, device=self.device)
 
     def _optimizer(self, g: Gaussians, m: MotionField) -> torch.optim.Optimizer:
         o = self.opts
@@ -225,24 +264,35 @@ class _Fitter:
         if self.silhouette is not None:
             outside, coverage = self.silhouette(self._project(means), frames, g.opacities)
             total = total + o.w_outside * outside + o.w_coverage * coverage
+        if o.w_hull > 0 and self.hulls is not None:
+            pick = self._subsample(means.shape[1], 800)
+            hull = 0.0
+            for i, f in enumerate(frames.tolist()):
+                target = self.hulls[f]
+                if target.shape[0] > 0:
+                    hull = hull + chamfer(means[i, pick], target[self._subsample(target.shape[0], 1500)])
+            total = total + o.w_hull * hull / frames.shape[0]
         if o.w_arap > 0:
             total = total + o.w_arap * m.arap_loss(active)
         if o.w_smooth > 0:
             total = total + o.w_smooth * m.smoothness_loss(active)
         return total
 
-    def _pick_frames(self, active: int) -> torch.Tensor:
-        """``frames_per_step`` of the first ``active`` frames: the newest one whenever frames are still
-        being added (it needs the work), otherwise a shuffled cycle through all of them."""
+    def _pick_frames(self, active: int, warmup: bool) -> torch.Tensor:
+        """Frame 0 (the canonical frame: it has no motion of its own, so it must anchor the canonical
+        Gaussians) plus ``frames_per_step - 1`` others: the newest one while frames are still being
+        added, otherwise a shuffled cycle through all of them."""
         fb = min(self.opts.frames_per_step, active)
+        if warmup or active == 1 or fb == 1:
+            return torch.tensor([0], device=self.device)
         if active < self.F:
-            rest = self.rng.permutation(active - 1)[: fb - 1].tolist()
-            chosen = [active - 1] + rest
+            rest = (1 + self.rng.permutation(active - 2)[: fb - 2]).tolist()
+            chosen = [0, active - 1] + rest
         else:
-            if len(self._order) < fb:
-                self._order += [int(i) for i in self.rng.permutation(self.F) if i not in self._order]
-            chosen, self._order = self._order[:fb], self._order[fb:]
-        return torch.tensor(sorted(chosen), device=self.device)
+            if len(self._order) < fb - 1:
+                self._order += [int(i) for i in 1 + self.rng.permutation(self.F - 1) if i not in self._order]
+            chosen, self._order = [0] + self._order[: fb - 1], self._order[fb - 1 :]
+        return torch.tensor(sorted(set(chosen)), device=self.device)
 
     def _active_frames(self, frac: float) -> int:
         """Frames are added one at a time (each starting from the previous frame's pose) until
@@ -321,17 +371,20 @@ class _Fitter:
                 frac = max(frac, (time.perf_counter() - t_start) / o.time_budget_s)
             frac = min(frac, 1.0)
             decay = o.lr_final_ratio ** frac
+            warmup = frac < o.canonical_warmup and self.F > 1
             for gr in opt.param_groups:
-                if gr["name"] in ("means", "motion"):
+                if gr["name"] == "means":
+                    gr["lr"] = base_lr[id(gr)] * decay * (1.0 if warmup else o.canonical_lr_after)
+                elif gr["name"] == "motion":
                     gr["lr"] = base_lr[id(gr)] * decay
             now_active = self._active_frames(frac)
-            if now_active > active:
+            if now_active > active and active > 0:
                 with torch.no_grad():  # new keyframes start from the pose of the previous one
                     for k in range(max(active, 2), now_active):
                         m.trans[k - 1] = m.trans[k - 2]
                         m.rotvec[k - 1] = m.rotvec[k - 2]
                 active = now_active
-            frames = self._pick_frames(active)
+            frames = self._pick_frames(active, warmup)
             out, means_t = self._render(g, m, frames, idx, retain=True)
             loss = self._loss(out, means_t, frames, g, m, frac, active)
             if not torch.isfinite(loss):

@@ -148,17 +148,38 @@ class MotionField(nn.Module):
         """Move canonical points [P, 3] (and orientations [P, 4]) to keyframes ``frames`` [T] or
         ``times`` [T]: returns positions [T, P, 3] and quaternions [T, P, 4] (or None)."""
         idx = self.neighbours(points) if idx is None else idx
-        w = self.blend_weights(points, idx)  # [P, K]
         nq, nt = self.node_transforms(frames, times)  # [T, M, 4], [T, M, 3]
+        return self._deform(points, quats, idx, nq, nt)
+
+    def warp_with(self, points: Tensor, idx: Tensor, rotvec: Tensor, trans: Tensor) -> Tensor:
+        """Points [P, 3] moved by explicit node rotations [M, 3] and translations [M, 3]: [P, 3]."""
+        return self._deform(points, None, idx, axis_angle_to_quat(rotvec)[None], trans[None])[0][0]
+
+    def _deform(self, points, quats, idx, nq, nt):
+        w = self.blend_weights(points, idx)  # [P, K]
         pk = self.nodes[idx]  # [P, K, 3]
         R = quat_to_rotmat(nq)[:, idx]  # [T, P, K, 3, 3]
         local = points[:, None, :] - pk
-        moved = (R * local[None, :, :, None, :]).sum(-1) + pk + nt[:, idx]
-        out = (w[None, :, :, None] * moved).sum(2)
+        # x + sum_k w_k ((R_k - I)(x - p_k) + t_k): exactly x where every transform is the identity
+        offset = (R * local[None, :, :, None, :]).sum(-1) - local[None] + nt[:, idx]
+        out = points[None] + (w[None, :, :, None] * offset).sum(2)
         if quats is None:
             return out, None
         q = normalize_quat((w[None, :, :, None] * nq[:, idx]).sum(2))  # blended rotation [T, P, 4]
         return out, quat_multiply(q, quats[None].expand_as(q))
+
+    def _arap(self, rotvec: Tensor, trans: Tensor) -> Tensor:
+        """ARAP energy for node rotations [T, M, 3] and translations [T, M, 3] (dimensionless)."""
+        R = quat_to_rotmat(axis_angle_to_quat(rotvec))  # [T, M, 3, 3]
+        e0 = self.nodes[self.graph_idx] - self.nodes[:, None]  # [M, k, 3]
+        et = e0[None] + trans[:, self.graph_idx] - trans[:, :, None]  # [T, M, k, 3]
+        pred = (R[:, :, None] * e0[None, :, :, None, :]).sum(-1)
+        err = ((et - pred) ** 2).sum(-1)
+        return (self.graph_w * err).sum() / (self.graph_w.sum() * trans.shape[0] * self.edge_scale)
+
+    def arap_single(self, rotvec: Tensor, trans: Tensor) -> Tensor:
+        """ARAP energy of one pose: rotations [M, 3], translations [M, 3]."""
+        return self._arap(rotvec[None], trans[None])
 
     def arap_loss(self, upto: int | None = None) -> Tensor:
         """As-rigid-as-possible energy of the node graph over the first ``upto`` keyframes (all by
@@ -166,13 +187,7 @@ class MotionField(nn.Module):
         upto = self.num_keys if upto is None else min(upto, self.num_keys)
         if upto < 2 or self.num_nodes < 2:
             return self.nodes.sum() * 0
-        tr = self.key_translations()[1:upto]
-        R = quat_to_rotmat(axis_angle_to_quat(self.rotvec[: upto - 1]))  # [upto-1, M, 3, 3]
-        e0 = self.nodes[self.graph_idx] - self.nodes[:, None]  # [M, k, 3]
-        et = e0[None] + tr[:, self.graph_idx] - tr[:, :, None]  # [F-1, M, k, 3]
-        pred = torch.einsum("fmij,mkj->fmki", R, e0)
-        err = ((et - pred) ** 2).sum(-1)
-        return (self.graph_w * err).sum() / (self.graph_w.sum() * tr.shape[0] * self.edge_scale)
+        return self._arap(self.rotvec[: upto - 1], self.trans[: upto - 1])
 
     def smoothness_loss(self, upto: int | None = None) -> Tensor:
         """Squared acceleration of node translations and rotations across the first ``upto``
