@@ -16,6 +16,10 @@ For each ground-truth asset (``<assets>/animated/gt/NAME_v16_f8_RES.npz``): fit 
     python scripts/bench_recon.py --asset Fox --no-robust
     python scripts/bench_recon.py --alpha                # also give the fit the coverage alpha
     python scripts/bench_recon.py --res 256 --device cuda  # GPU (gsplat) at 256²
+    python scripts/bench_recon.py --gt /tmp/Fox_v42_f25_576.npz --device cuda --time-budget 55  # paper size
+
+Every fit gets a time budget (default 170 s, so the 3-minute target holds by construction: the fit's
+schedule adapts to the time it has); ``--time-budget 0`` runs the iteration budget alone.
 
 The fit gets RGB on white only by default (what the pipeline passes); ``--alpha`` adds coverage.
 """
@@ -124,8 +128,8 @@ def run_fit(images, d, train, opts, label):
     return result, time.perf_counter() - t0, time.process_time() - c0
 
 
-def bench_asset(name: str, args) -> dict:
-    path = assets_root() / "animated" / "gt" / f"{name}_v16_f8_{args.res}.npz"
+def bench_asset(name: str, args, path: Path | None = None) -> dict:
+    path = path or assets_root() / "animated" / "gt" / f"{name}_v16_f8_{args.res}.npz"
     d = dict(np.load(path))
     V = d["images"].shape[0]
     train, test = np.arange(0, V, 2), np.arange(1, V, 2)
@@ -133,7 +137,7 @@ def bench_asset(name: str, args) -> dict:
     opts = {"seed": args.seed, "device": args.device}
     if args.iterations:
         opts["iterations"] = args.iterations
-    if args.time_budget:
+    if args.time_budget and args.time_budget > 0:
         opts["time_budget_s"] = args.time_budget
     print(f"== {name} ({path.name}): fit on {len(train)} views x {images.shape[1]} frames, "
           f"{'RGBA' if args.alpha else 'RGB'} input", flush=True)
@@ -166,7 +170,10 @@ def main(argv=None) -> int:
     ap.add_argument("--alpha", action="store_true", help="give the fit the coverage alpha too")
     ap.add_argument("--no-robust", dest="robust", action="store_false", help="skip the corrupted-matrix fit")
     ap.add_argument("--iterations", type=int, help="override the default iteration budget")
-    ap.add_argument("--time-budget", type=float, help="seconds per fit (default: none, the iteration budget)")
+    ap.add_argument("--time-budget", type=float, default=170.0,
+                    help="seconds per fit (default 170; 0 = iteration budget only)")
+    ap.add_argument("--gt", type=Path, action="append",
+                    help="ground-truth npz in the shared format (e.g. from scripts/render_gt.py) instead of the assets")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -176,7 +183,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}, device {args.device}", flush=True)
-    rows = [bench_asset(n, args) for n in (args.asset or ASSETS)]
+    if args.gt:
+        rows = [bench_asset(p.stem, args, p) for p in args.gt]
+    else:
+        rows = [bench_asset(n, args) for n in (args.asset or ASSETS)]
     print("\n| asset | unseen PSNR | SSIM | baseline | margin | motion ratio | robust drop | wall s | cpu s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -190,7 +200,7 @@ def main(argv=None) -> int:
         "SSIM >= 0.95 (every asset)": min(r["ssim"] for r in rows) >= 0.95,
         "margin over baseline >= 5 dB (every asset)": min(r["margin_db"] for r in rows) >= 5,
         "motion ratio <= 0.4 (every asset)": max(r["motion_ratio"] for r in rows) <= 0.4,
-        "wall time <= 180 s per fit": max(r["wall_s"] for r in rows) <= 180,
+        "wall time <= 180 s per fit (CPU target)": max(r["wall_s"] for r in rows) <= 180,
     }
     if args.robust:
         checks["robustness drop <= 2 dB (every asset)"] = max(r["robust_drop_db"] for r in rows) <= 2

@@ -10,7 +10,7 @@ import torch
 
 from backend.errors import Cancelled
 from backend.recon import Fit4D, fit
-from backend.recon import fit as fit_module
+from backend.recon import fitting as fit_module
 from backend.recon.losses import PhotometricLoss, psnr
 from backend.recon.ply import PROPERTIES, read_ply
 from backend.recon.raster import rasterize

@@ -8,7 +8,7 @@
     result.export_ply(dir); result.save_summary(path)
 """
 
-from .fit import FitOptions, fit
+from .fitting import FitOptions, fit
 from .result import Fit4D
 
 __all__ = ["fit", "Fit4D", "FitOptions"]

@@ -2,7 +2,9 @@
 
 Parameters are stored unconstrained: ``means`` [N, 3], ``quats`` [N, 4] (w, x, y, z),
 ``log_scales`` [N, 3], ``opacity_logits`` [N], ``colour_logits`` [N, 3]; the properties give the
-activated values (scales > 0, opacities and colours in (0, 1)).
+activated values (scales > 0, opacities and colours in (0, 1)). ``offsets`` [F - 1, N, 3] are small
+per-keyframe residual displacements on top of the motion field (keyframe 0 has none): they let the
+renders match every frame's detail without bending the smooth field that moves the user's mesh.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-GAUSSIAN_PARAMS = ("means", "quats", "log_scales", "opacity_logits", "colour_logits")
+GAUSSIAN_PARAMS = ("means", "quats", "log_scales", "opacity_logits", "colour_logits", "offsets")
+ROW_DIM = {"offsets": 1}  # the dimension that indexes Gaussians (0 for the others)
 
 
 def _logit(x: Tensor) -> Tensor:
@@ -19,9 +22,10 @@ def _logit(x: Tensor) -> Tensor:
 
 
 class Gaussians(nn.Module):
-    def __init__(self, means: Tensor, colours: Tensor, scales: Tensor, opacity: float = 0.5):
+    def __init__(self, means: Tensor, colours: Tensor, scales: Tensor, opacity: float = 0.5, num_keys: int = 1):
         super().__init__()
         N = means.shape[0]
+        self.offsets = nn.Parameter(torch.zeros(max(num_keys - 1, 0), N, 3))
         self.means = nn.Parameter(means.float().clone())
         q = torch.zeros(N, 4)
         q[:, 0] = 1.0
@@ -32,6 +36,10 @@ class Gaussians(nn.Module):
 
     def __len__(self) -> int:
         return self.means.shape[0]
+
+    def key_offsets(self) -> Tensor:
+        """Residual offsets per keyframe [F, N, 3], zero at keyframe 0."""
+        return torch.cat([torch.zeros_like(self.means)[None], self.offsets], 0)
 
     @property
     def scales(self) -> Tensor:
@@ -52,7 +60,8 @@ class Gaussians(nn.Module):
         moments follow their rows; rows given in overrides keep the moments of their source."""
         for name in GAUSSIAN_PARAMS:
             old = getattr(self, name)
-            new = overrides.get(name, old.data[source]).clone()
+            dim = ROW_DIM.get(name, 0)
+            new = overrides.get(name, old.data.index_select(dim, source)).clone()
             param = nn.Parameter(new)
             if optimizer is not None:
                 for group in optimizer.param_groups:
@@ -62,7 +71,7 @@ class Gaussians(nn.Module):
                             state = optimizer.state.pop(old, None)
                             if state:
                                 optimizer.state[param] = {
-                                    k: (v[source].clone() if torch.is_tensor(v) and v.dim() > 0 else v)
+                                    k: (v.index_select(dim, source).clone() if torch.is_tensor(v) and v.dim() > 0 else v)
                                     for k, v in state.items()
                                 }
             setattr(self, name, param)

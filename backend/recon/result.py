@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .model import Gaussians
-from .motion import MotionField
+from .motion import MotionField, catmull_rom_weights
 from .ply import write_ply
 from .raster import rasterize
 
@@ -48,8 +48,12 @@ class Fit4D:
         g = self.gaussians
         if frames is not None:
             frames = torch.as_tensor(frames, dtype=torch.long, device=self.device)
-            return self.motion.warp(g.means, g.quats, frames=frames, idx=self._idx)
-        return self.motion.warp(g.means, g.quats, times=_t(times, torch.float64, self.device), idx=self._idx)
+            means, quats = self.motion.warp(g.means, g.quats, frames=frames, idx=self._idx)
+            return means + g.key_offsets()[frames], quats
+        t = _t(times, torch.float64, self.device).reshape(-1)
+        means, quats = self.motion.warp(g.means, g.quats, times=t, idx=self._idx)
+        W = catmull_rom_weights(t, self.motion.key_times).to(means.dtype)
+        return means + torch.einsum("tf,fnc->tnc", W, g.key_offsets()), quats
 
     @property
     def centres(self) -> np.ndarray:
@@ -76,7 +80,10 @@ class Fit4D:
     @torch.no_grad()
     def displacement(self, points, times) -> np.ndarray:
         """How canonical points [P, 3] (normalised object space at time 0) move: [T, P, 3] offsets
-        at ``times`` [T] in [0, 1] (interpolated between keyframes; the end poses are held outside)."""
+        at ``times`` [T] in [0, 1] (interpolated between keyframes; the end poses are held outside).
+
+        This is the smooth motion field alone (the deformation graph), which is defined everywhere;
+        the Gaussians' small per-frame residuals (render detail) are not transferred."""
         p = _t(points, device=self.device).reshape(-1, 3)
         t = _t(times, torch.float64, self.device).reshape(-1)
         moved, _ = self.motion.warp(p, None, times=t)

@@ -65,6 +65,7 @@ class FitOptions:
     blur_until: float = 0.3           # ... decaying to none at this fraction of the budget
     w_arap: float = 0.2
     w_smooth: float = 0.001
+    w_residual: float = 0.1           # L2 on the per-Gaussian residual offsets (over the squared node spacing)
     w_hull: float = 1.0               # chamfer between moved Gaussians and each frame's visual hull
     track: bool = True                # initialise the motion by tracking the per-frame visual hulls
     track_iterations: int = 10        # Gauss-Newton iterations per frame when tracking
@@ -182,7 +183,8 @@ class _Fitter:
         pts_t = torch.tensor(pts, dtype=torch.float32)
         _, d2 = knn(pts_t, pts_t, 4)
         spacing = d2[:, 1:].clamp_min(1e-10).sqrt().mean(1, keepdim=True).clamp(step * 0.25, step * 2)
-        g = Gaussians(pts_t, torch.tensor(cols, dtype=torch.float32), spacing.expand(-1, 3) * 0.7).to(self.device)
+        g = Gaussians(pts_t, torch.tensor(cols, dtype=torch.float32), spacing.expand(-1, 3) * 0.7,
+                      num_keys=self.F).to(self.device)
         nodes = pts_t[farthest_point_sampling(pts_t, o.num_nodes, seed=o.seed)]
         motion = MotionField(nodes, torch.tensor(d.times), k_blend=o.k_blend).to(self.device)
         motion.nodes.requires_grad_(False)
@@ -222,6 +224,7 @@ class _Fitter:
         return torch.optim.Adam(
             [
                 {"params": [g.means], "lr": o.lr_means, "name": "means"},
+                {"params": [g.offsets], "lr": o.lr_means, "name": "offsets"},
                 {"params": [g.quats], "lr": o.lr_quats, "name": "quats"},
                 {"params": [g.log_scales], "lr": o.lr_scales, "name": "scales"},
                 {"params": [g.opacity_logits], "lr": o.lr_opacity, "name": "opacity"},
@@ -236,6 +239,7 @@ class _Fitter:
     # -- one step ---------------------------------------------------------------------------------
     def _render(self, g: Gaussians, m: MotionField, frames: torch.Tensor, idx: torch.Tensor, retain: bool = False):
         means, quats = m.warp(g.means, g.quats, frames=frames, idx=idx)
+        means = means + g.key_offsets()[frames]
         Fb = frames.shape[0]
         out = rasterize(means, quats, g.scales, g.opacities, g.colours,
                         self.w2c[None].expand(Fb, -1, -1, -1), self.K[None].expand(Fb, -1, -1, -1),
@@ -274,6 +278,8 @@ class _Fitter:
             total = total + o.w_hull * hull / frames.shape[0]
         if o.w_arap > 0:
             total = total + o.w_arap * m.arap_loss(active)
+        if o.w_residual > 0 and g.offsets.numel():
+            total = total + o.w_residual * (g.offsets**2).sum(-1).mean() / m.edge_scale
         if o.w_smooth > 0:
             total = total + o.w_smooth * m.smoothness_loss(active)
         return total
@@ -375,7 +381,7 @@ class _Fitter:
             for gr in opt.param_groups:
                 if gr["name"] == "means":
                     gr["lr"] = base_lr[id(gr)] * decay * (1.0 if warmup else o.canonical_lr_after)
-                elif gr["name"] == "motion":
+                elif gr["name"] in ("motion", "offsets"):
                     gr["lr"] = base_lr[id(gr)] * decay
             now_active = self._active_frames(frac)
             if now_active > active and active > 0:
