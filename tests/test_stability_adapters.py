@@ -114,6 +114,28 @@ def test_guidance_scales_and_combination(models, images):
     torch.testing.assert_close(guided[0], x_u + s * (x_c - x_u), rtol=1e-4, atol=1e-4)
 
 
+def test_guidance_only_within_its_sigma_range(models, images):
+    video = models.video
+    cond = ModelSet.video_cond(models.autoencoder.encode(images[:1])[0], images[0])
+    x = torch.randn(1, FRAMES, 4, 8, 8, generator=torch.Generator().manual_seed(12))
+    s_in, s_out = torch.tensor([1.7]), torch.tensor([5.0])
+    saved = video.guidance
+    try:
+        video.guidance = Guidance("linear", 1.0, 2.5)
+        guided = video.denoise(x, s_in, [cond])
+        video.guidance = Guidance("none")
+        plain = video.denoise(x, s_out, [cond])
+        video.guidance = Guidance("linear", 1.0, 2.5, sigma_range=(0.5, 2.0))
+        torch.testing.assert_close(video.denoise(x, s_in, [cond]), guided)
+        before = video.sequences
+        torch.testing.assert_close(video.denoise(x, s_out, [cond]), plain)
+        assert video.sequences - before == 1  # no unconditional pass outside the range
+        mixed = video.denoise(torch.cat([x, x]), torch.cat([s_in, s_out]), [cond, cond])
+        torch.testing.assert_close(mixed, torch.cat([guided, plain]), rtol=1e-5, atol=1e-5)
+    finally:
+        video.guidance = saved
+
+
 def test_sv3d_cameras_put_the_conditioning_view_last():
     el = torch.tensor([0.1, 0.2, 0.3, 0.4])
     az = torch.tensor([0.0, math.pi / 2, math.pi, 3 * math.pi / 2])
@@ -224,16 +246,23 @@ def test_refuses_bad_sequences_before_any_network_call(models, images):
 
 
 def test_composed_sampling_with_the_real_adapters(models, images):
+    ae = models.autoencoder
+    lat = ae.encode(images)
+    saved = models.video.guidance, models.multiview.guidance  # guidance is tested above; halve the work here
+    models.video.guidance = models.multiview.guidance = Guidance("none")
+    try:
+        _sample_and_decode(models, images, ae, lat)
+    finally:
+        models.video.guidance, models.multiview.guidance = saved
+
+
+def _sample_and_decode(models, images, ae, lat):
     from backend.sampling.compose import VRS, sample_matrix
     from backend.sampling.schedules import karras_sigmas, logistic_weight
 
-    ae = models.autoencoder
-    lat = ae.encode(images)
     el, az = _cameras()
     video_conds = [ModelSet.video_cond(lat[v], images[v]) for v in range(VIEWS)]
     mv_conds = [ModelSet.multiview_cond(lat[0], el, az, images[0]) for _ in range(FRAMES)]
-    saved = models.video.guidance, models.multiview.guidance  # guidance is tested above; halve the work here
-    models.video.guidance = models.multiview.guidance = Guidance("none")
     sigmas = karras_sigmas(2, models.sigma_min, models.sigma_max)
     x_T = torch.randn(VIEWS, FRAMES, *ae.latent_shape, generator=torch.Generator().manual_seed(9)) * sigmas[0]
     out = sample_matrix(models.video, models.multiview, x_T.float(), sigmas, video_conds=video_conds,
@@ -245,7 +274,6 @@ def test_composed_sampling_with_the_real_adapters(models, images):
     theorem = sample_matrix(models.video, models.multiview, x_T.float(), sigmas[-2:], video_conds=video_conds,
                             multiview_conds=mv_conds, weight=0.5, combine="theorem", element=models.element)
     assert torch.isfinite(theorem).all()
-    models.video.guidance, models.multiview.guidance = saved
 
 
 def test_registry_and_checkpoint_errors(ckpt, tmp_path, monkeypatch):

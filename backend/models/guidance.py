@@ -24,9 +24,15 @@ KINDS = ("linear", "triangle", "none")
 
 @dataclass(frozen=True)
 class Guidance:
+    """kind, min_scale, max_scale as above. sigma_range (lo, hi): guide only at noise levels within
+    it and run the conditional pass alone elsewhere ("guidance in a limited interval", Kynkaanniemi
+    et al. 2024) -- half the network work at the other steps. None (default): guide at every step,
+    as the original samplers do."""
+
     kind: str = "linear"
     min_scale: float = 1.0
     max_scale: float = 3.0
+    sigma_range: tuple[float, float] | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -35,6 +41,10 @@ class Guidance:
             v = getattr(self, name)
             if not (0.0 <= float(v) <= 30.0):
                 raise InvalidInput(f"guidance.{name}", f"must be within [0, 30], got {v}")
+        if self.sigma_range is not None:
+            lo, hi = (float(v) for v in self.sigma_range)
+            if not 0.0 <= lo < hi:
+                raise InvalidInput("guidance.sigma_range", f"need 0 <= lo < hi, got {self.sigma_range}")
 
     def scales(self, T: int) -> Tensor:
         """Per-frame guidance scale [T] (float32)."""
@@ -46,9 +56,13 @@ class Guidance:
         tri = 2.0 * (u - torch.floor(u + 0.5)).abs()
         return tri * (float(self.max_scale) - float(self.min_scale)) + float(self.min_scale)
 
-    def active(self, T: int) -> bool:
-        """Whether the unconditional pass is needed (some scale differs from 1)."""
-        return self.kind != "none" and bool((self.scales(T) != 1.0).any())
+    def active(self, T: int, sigma: float | None = None) -> bool:
+        """Whether the unconditional pass is needed (some scale differs from 1, sigma within range)."""
+        if self.kind == "none" or not bool((self.scales(T) != 1.0).any()):
+            return False
+        if self.sigma_range is not None and sigma is not None:
+            return float(self.sigma_range[0]) <= float(sigma) <= float(self.sigma_range[1])
+        return True
 
 
 def guide(x0_uncond: Tensor, x0_cond: Tensor, scales: Tensor) -> Tensor:

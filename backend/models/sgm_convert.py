@@ -202,7 +202,7 @@ def module_prefix_map(spec: SgmUNetSpec) -> dict[str, str]:
     return dict(rows)
 
 
-def _rename(keys: Iterable[str], prefixes: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+def rename_keys(keys: Iterable[str], prefixes: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
     """Map each key through its longest matching module prefix; returns (old -> new, unmatched keys)."""
     mapping, unmatched = {}, []
     for key in keys:
@@ -230,14 +230,14 @@ def sgm_to_diffusers(state_dict: Mapping[str, Tensor], spec: SgmUNetSpec) -> tup
 
     Returns (converted state dict, original keys that belong to no known module)."""
     sd = strip_sgm_prefix(state_dict)
-    mapping, unmatched = _rename(sd.keys(), module_prefix_map(spec))
+    mapping, unmatched = rename_keys(sd.keys(), module_prefix_map(spec))
     return {new: sd[old] for old, new in mapping.items()}, unmatched
 
 
 def diffusers_to_sgm(state_dict: Mapping[str, Tensor], spec: SgmUNetSpec, prefix: str = "") -> dict[str, Tensor]:
     """Inverse of ``sgm_to_diffusers``: diffusers names -> original names (optionally prefixed)."""
     inverse = {v: k for k, v in module_prefix_map(spec).items()}
-    mapping, unmatched = _rename(state_dict.keys(), inverse)
+    mapping, unmatched = rename_keys(state_dict.keys(), inverse)
     if unmatched:
         raise ValueError(f"diffusers keys with no original counterpart: {unmatched[:4]}")
     return {prefix + new: state_dict[old] for old, new in mapping.items()}

@@ -19,6 +19,7 @@ Options (all optional):
     decode_chunk        frames per temporal-decoder call (8)
     svd_guidance        (min, max) linear over frames; sv3d_guidance (min, max) triangle over views;
     guidance            False turns classifier-free guidance off for both (half the compute)
+    guidance_sigma_range (lo, hi): guide only at noise levels in [lo, hi] (default: every step)
     fps_id, motion_bucket_id, svd_cond_aug, sv3d_cond_aug, azimuth_sign, seed
 """
 
@@ -43,7 +44,7 @@ from backend.models.svd import (
 KNOWN_OPTIONS = {
     "svd", "sv3d", "sv3d_params", "dtype", "resolution", "views", "frames", "max_batch", "decode_chunk",
     "svd_guidance", "sv3d_guidance", "guidance", "fps_id", "motion_bucket_id", "svd_cond_aug", "sv3d_cond_aug",
-    "azimuth_sign", "seed", "local_files_only", "progress",
+    "azimuth_sign", "seed", "local_files_only", "guidance_sigma_range",
 }
 
 
@@ -82,8 +83,10 @@ def load_svd_sv3d(device: str = "cuda", checkpoints: str | None = None, **option
     views = _positive_int(options.get("views", SV3D_VIEWS), "views")
     use_guidance = bool(options.get("guidance", True))
     svd_default = SVD_XT_GUIDANCE if frames >= 25 else SVD_GUIDANCE
-    svd_guidance = _guidance("linear", options.get("svd_guidance"), svd_default, use_guidance, "svd_guidance")
-    sv3d_guidance = _guidance("triangle", options.get("sv3d_guidance"), SV3D_GUIDANCE, use_guidance, "sv3d_guidance")
+    interval = options.get("guidance_sigma_range")
+    svd_guidance = _guidance("linear", options.get("svd_guidance"), svd_default, use_guidance, "svd_guidance", interval)
+    sv3d_guidance = _guidance("triangle", options.get("sv3d_guidance"), SV3D_GUIDANCE, use_guidance, "sv3d_guidance",
+                              interval)
 
     latent_shape = autoencoder.latent_shape
     max_batch = options.get("max_batch")
@@ -120,18 +123,24 @@ def _load_svd_encoders(source: str, dtype: torch.dtype, device: str, local_only:
     return vae.eval(), clip.eval()
 
 
-def _guidance(kind: str, value, default: Guidance, enabled: bool, field: str) -> Guidance:
+def _guidance(kind: str, value, default: Guidance, enabled: bool, field: str, sigma_range=None) -> Guidance:
     if not enabled:
         return Guidance("none")
-    if value is None:
-        return default
     if isinstance(value, Guidance):
         return value
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInput(field, f"expected (min_scale, max_scale), got {value!r}") from exc
-    return Guidance(kind, lo, hi)
+    if value is None:
+        lo, hi = default.min_scale, default.max_scale
+    else:
+        try:
+            lo, hi = (float(v) for v in value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput(field, f"expected (min_scale, max_scale), got {value!r}") from exc
+    if sigma_range is not None:
+        try:
+            sigma_range = tuple(float(v) for v in sigma_range)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput("guidance_sigma_range", f"expected (lo, hi), got {sigma_range!r}") from exc
+    return Guidance(kind, lo, hi, sigma_range)
 
 
 def _positive_int(value, field: str) -> int:

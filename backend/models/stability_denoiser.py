@@ -93,7 +93,7 @@ class StabilityVideoDenoiser:
         context, latent = self.encoder(cond, cond_aug, field)
         return Prepared(order, context, latent, self.frame_vector(cond, T, order))
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def denoise(self, x: Tensor, sigma: Tensor, conds: Sequence[Cond]) -> Tensor:
         """x [B, T, C, h, w] at sigma [B] -> x0 [B, T, C, h, w] (same dtype and device as x)."""
         B, T = int(x.shape[0]), int(x.shape[1])
@@ -116,20 +116,20 @@ class StabilityVideoDenoiser:
         latents = torch.stack([p.latent for p in preps]).to(dev)  # [B, C, h, w]
         contexts = torch.stack([p.context for p in preps]).to(dev)  # [B, 1, D]
         vectors = torch.stack([p.vector for p in preps]).to(dev)  # [B, T, k]
-        guided = self.guidance.active(T)
-        if guided:  # unconditional copies first, as Stability's guiders
-            net_in = torch.cat([net_in, net_in])
-            latents = torch.cat([torch.zeros_like(latents), latents])
-            contexts = torch.cat([torch.zeros_like(contexts), contexts])
-            vectors = torch.cat([vectors, vectors])
-            c_noise = torch.cat([c_noise, c_noise])
+        guided = torch.tensor([self.guidance.active(T, float(s)) for s in sigma], device=dev)
+        g = guided.nonzero().flatten()  # sequences that also get an unconditional pass (first, as Stability's)
+        if len(g):
+            net_in = torch.cat([net_in[g], net_in])
+            latents = torch.cat([torch.zeros_like(latents[g]), latents])
+            contexts = torch.cat([torch.zeros_like(contexts[g]), contexts])
+            vectors = torch.cat([vectors[g], vectors])
+            c_noise = torch.cat([c_noise[g], c_noise])
         out = self.run_network(net_in, latents, c_noise, contexts, vectors)
-        if guided:
-            out_u, out_c = out.chunk(2)
-            x0 = guide(self._x0(xs, out_u, c_skip, c_out), self._x0(xs, out_c, c_skip, c_out),
-                       self.guidance.scales(T))
-        else:
-            x0 = self._x0(xs, out, c_skip, c_out)
+        out_u, out_c = out[:len(g)], out[len(g):]
+        x0 = self._x0(xs, out_c, c_skip, c_out)
+        if len(g):
+            x0_u = self._x0(xs[g], out_u, c_skip[g], c_out[g])
+            x0[g] = guide(x0_u, x0[g], self.guidance.scales(T))
         if any(o is not None for o in orders):
             restored = torch.empty_like(x0)
             for b, o in enumerate(orders):

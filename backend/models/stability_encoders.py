@@ -15,11 +15,8 @@
 
 from __future__ import annotations
 
-import math
 import zlib
 from collections import OrderedDict
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -80,7 +77,7 @@ class ClipImageEncoder:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
         x = resize_antialiased(images.to(self.device, torch.float32), (self.size, self.size))
         x = (x + 1.0) / 2.0
@@ -130,7 +127,7 @@ class SVDAutoencoder:
             raise InvalidInput("images", f"expected [B, 3, {self.image_size[0]}, {self.image_size[1]}], "
                                          f"got {tuple(images.shape)}")
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_unscaled(self, images: Tensor) -> Tensor:
         """images [B, 3, H, W] in [-1, 1] -> the posterior mode [B, C, h, w] (not scaled), float32."""
         self._check(images)
@@ -144,7 +141,7 @@ class SVDAutoencoder:
         """images [B, 3, H, W] in [-1, 1] -> latents [B, C, h, w] (scaled, roughly unit variance)."""
         return self.encode_unscaled(images) * self.scaling_factor
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """latents [B, C, h, w] -> images [B, 3, H, W] in [-1, 1], ``decode_chunk`` frames at a time.
 
@@ -212,7 +209,7 @@ class ConditionEncoder:
         noisy = image
         if cond_aug > 0:
             gen = torch.Generator().manual_seed(content_seed(image, self.seed))
-            noisy = image + float(cond_aug) * torch.randn(image.shape, generator=gen)
+            noisy = image + float(cond_aug) * torch.randn(image.shape, generator=gen).to(image.device)
         latent = self.autoencoder.encode_unscaled(noisy[None])[0]
         self._cache[key] = (cond, context, latent)
         while len(self._cache) > self.cache_size:

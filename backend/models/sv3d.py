@@ -23,13 +23,13 @@ import math
 from typing import Any, Mapping
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from backend.errors import InvalidInput
 from backend.models.base import Cond
 from backend.models.guidance import Guidance
 from backend.models.sgm_convert import (
-    SgmUNetSpec, _rename, build_diffusers_unet, load_strict, module_prefix_map, parse_sgm_params, sgm_to_diffusers,
+    SgmUNetSpec, build_diffusers_unet, load_strict, module_prefix_map, parse_sgm_params, rename_keys, sgm_to_diffusers,
 )
 from backend.models.stability_denoiser import StabilityVideoDenoiser
 from backend.models.stability_encoders import ConditionEncoder
@@ -74,7 +74,7 @@ def sgm_key_names(spec: SgmUNetSpec):
     inverse = {v: k for k, v in module_prefix_map(spec).items()}
 
     def back(keys):
-        mapping, unmatched = _rename(keys, inverse)
+        mapping, _ = rename_keys(keys, inverse)
         return [mapping.get(k, k) for k in keys]
 
     return back
@@ -99,7 +99,7 @@ def unet_from_sgm(state_dict: Mapping[str, Tensor], sgm_params: Mapping[str, Any
     unet = build_diffusers_unet(spec, addition_time_embed_dim=SV3D_VECTOR_WIDTHS[0])
     load_strict(unet, converted, what="the SV3D_p network", unmatched=unmatched, rename_back=sgm_key_names(spec))
     if dtype is not None:
-        unet = unet.to(dtype)
+        unet = nn.Module.to(unet, dtype)  # (diffusers' own .to warns about fp32 modules this network lacks)
     net = SV3DNet(unet.to(device), SV3D_VECTOR_WIDTHS)
     from diffusers.models.attention_processor import AttnProcessor2_0
 
