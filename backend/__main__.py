@@ -18,6 +18,7 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoints", default=None, help="checkpoint directory for real models")
     p.add_argument("--runner", default="pipeline",
                    help="'pipeline' (backend.pipeline.run_job), 'simulated' (no models: for testing clients), or MODULE:FUNCTION")
+    p.add_argument("--sim-step", type=float, default=0.1, help="seconds per sampling step of the simulated runner")
     p.add_argument("--curve-secret", default=None, help="the server's NAME.key_secret (from 'python -m backend keys')")
     p.add_argument("--allow", default=None, help="directory of allowed client public keys (*.key)")
     p.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE (trusted networks only)")
@@ -46,7 +47,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.runner == "simulated":
         from backend.simulate import SimulatedRunner, simulated_model_limits
 
-        server = Server(config, model_limits=simulated_model_limits(), runner=SimulatedRunner(step_s=0.1),
+        server = Server(config, model_limits=simulated_model_limits(), runner=SimulatedRunner(step_s=args.sim_step),
                         workers=len(devices), models_name="simulated", devices=devices)
     else:
         from backend.models.registry import load_model_set

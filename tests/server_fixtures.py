@@ -13,7 +13,7 @@ from backend.server import Server, ServerConfig
 from backend.simulate import SimulatedRunner
 from protocol.codec import decode, encode
 
-SMALL_LIMITS = ModelLimits(views=(4, 8), frames=(4, 8), resolution=32, max_steps=400)
+SMALL_LIMITS = ModelLimits(views=(4, 8), frames=(4, 8), resolution=16, max_steps=400)
 
 
 @contextlib.contextmanager

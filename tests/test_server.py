@@ -33,10 +33,10 @@ def test_hello_gets_welcome_with_model_and_server_limits():
     with running_server(max_queue_per_client=3, max_vertices=1234) as srv, raw_socket(srv.endpoint) as sock:
         w = request(sock, Hello(client="test"))
         assert isinstance(w, Welcome)
-        assert w.protocol == 1 and w.limits.views == [4, 8] and w.limits.frames == [4, 8] and w.limits.resolution == 32
+        assert w.protocol == 1 and w.limits.views == [4, 8] and w.limits.frames == [4, 8] and w.limits.resolution == 16
         assert w.limits.max_steps == 400 and w.limits.max_queue_per_client == 3 and w.limits.max_vertices == 1234
         # derived message limit: full turntable (8 views) + reference (8 frames) + vertices + 1 MiB header
-        assert w.limits.max_message_bytes == 32 * 32 * 4 * 16 + 1234 * 12 + 2**20
+        assert w.limits.max_message_bytes == 16 * 16 * 4 * 16 + 1234 * 12 + 2**20
         pong = request(sock, Ping(seq=7, jobs=["nope"]))
         assert isinstance(pong, Pong) and pong.seq == 7 and pong.jobs == {"nope": "unknown"}
 
@@ -142,16 +142,18 @@ def test_oversize_messages_are_refused_with_an_error_and_the_server_stays_up():
 
 
 def test_client_refuses_oversize_and_out_of_limit_jobs_before_sending():
-    with running_server(max_message_bytes=16 * 1024) as srv, Client(srv.endpoint) as c:
+    small, big = make_submit(views=4), make_submit(views=8)
+    limit = (sum(len(f) for f in encode(small)) + sum(len(f) for f in encode(big))) // 2
+    with running_server(max_message_bytes=limit) as srv, Client(srv.endpoint) as c:
         c.wait_connected(5)
         with pytest.raises(ProtocolError) as info:
-            c.submit(make_submit(views=8, res=32))  # 32 KiB of images
-        assert info.value.code == ErrorCode.TOO_LARGE and "16384" in info.value.limit
+            c.submit(big)
+        assert info.value.code == ErrorCode.TOO_LARGE and str(limit) in info.value.limit
         with pytest.raises(ProtocolError) as info:
             c.submit(make_submit(views=5))
         assert info.value.code == ErrorCode.LIMIT_EXCEEDED and info.value.field == "cameras.azimuth_deg.shape"
         assert srv.stats["accepted"] == 0
-        assert isinstance(c.wait(c.submit(make_submit(views=4, res=16)), 10), Result)
+        assert isinstance(c.wait(c.submit(small), 10), Result)
 
 
 def test_server_refuses_jobs_beyond_its_limits_naming_field_and_limit():
