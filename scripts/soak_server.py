@@ -325,7 +325,8 @@ def main() -> int:
                "machine": f"{psutil.cpu_count()} CPUs (shared; timings are noisy)"}
     proc, endpoint = start_server(args)
     try:
-        figures["fuzz"] = fuzz(endpoint, proc, args.fuzz)
+        if args.fuzz > 0:
+            figures["fuzz"] = fuzz(endpoint, proc, args.fuzz)
         figures["load"] = load(endpoint, args)
         figures["killed_client"] = killed_client(endpoint, args)
         figures["cancel"] = cancel_latency(endpoint, args)
