@@ -192,9 +192,10 @@ class Server:
         self.stop()
 
     def welcome(self) -> Welcome:
+        info = {str(k)[:64]: str(v)[:200] for k, v in (self.model_sets[0].info if self.model_sets else {}).items()}
+        info.update(workers=str(self.num_workers), curve="on" if self.config.curve else "off")
         return Welcome(protocol=PROTOCOL_VERSION, server=self.config.name, models=self.models_name,
-                       device=",".join(self.devices), limits=self.limits,
-                       info={"workers": str(self.num_workers), "curve": "on" if self.config.curve else "off"})
+                       device=",".join(self.devices), limits=self.limits, info=info)
 
     def job_states(self) -> dict[str, str]:
         """job id -> state, for tests and the soak script."""
@@ -497,6 +498,8 @@ class Server:
         reporter = JobReporter(job.job_id, send, job.cancel, self.config.preview_interval_s,
                                previews=bool(sub.options.previews))
         t0 = time.monotonic()
+        log.info("job %s started (mode %s, %d views x %d frames, %d steps), waited %.1f s", job.job_id, sub.mode,
+                 sub.cameras.num_views, sub.options.frames, sub.options.steps, (job.started_at or t0) - job.submitted_at)
         try:
             if job.cancel.is_set():
                 raise Cancelled("cancelled before it started")
@@ -512,6 +515,7 @@ class Server:
             check_result(result, sub)
             frames = encode(result)
             self._out.put(_Out(job, result, frames, terminal=True, state=JOB_DONE))
+            log.info("job %s done in %.1f s", job.job_id, time.monotonic() - t0)
             return
         except Cancelled as exc:
             err = Error(code=ErrorCode.CANCELLED, message=str(exc) or "cancelled", field="job_id", job_id=job.job_id)
@@ -526,4 +530,5 @@ class Server:
             log.error("job %s failed:\n%s", job.job_id, traceback.format_exc())
             err = Error(code=ErrorCode.JOB_FAILED, message=f"{type(exc).__name__}: {exc}"[:2000], field="", job_id=job.job_id)
             state = JOB_FAILED
+        log.info("job %s %s after %.1f s: %s %s", job.job_id, state, time.monotonic() - t0, err.code, err.message[:200])
         self._out.put(_Out(job, err, encode(err), terminal=True, state=state))

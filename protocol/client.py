@@ -192,8 +192,9 @@ class Client:
             raise ProtocolError(ErrorCode.NOT_CONNECTED, "connection",
                                 f"no answer from the server at {self.endpoint} yet; its limits are unknown", "",
                                 submit.job_id)
-        check_submit(submit, welcome.limits)
-        frames = encode(submit, welcome.limits.max_message_bytes)
+        frames = encode(submit, welcome.limits.max_message_bytes)  # dtype/shape refusals name the field
+        # check exactly what the server will decode (arrays coerced by the encoder, zero-copy views)
+        check_submit(decode(frames, DecodeLimits(max_message_bytes=welcome.limits.max_message_bytes)), welcome.limits)
         with self._lock:
             old = self._jobs.get(submit.job_id)
             if old is not None and not old.finished:
