@@ -16,6 +16,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", default="builtin", help="model set (backend.models.registry), default: builtin")
     p.add_argument("--device", default="cpu", help="device(s), comma-separated: one worker each (e.g. cuda:0,cuda:1)")
     p.add_argument("--checkpoints", default=None, help="checkpoint directory for real models")
+    p.add_argument("--untrained", action="store_true",
+                   help="random networks of the model set's architecture (plumbing and load tests only)")
     p.add_argument("--runner", default="pipeline",
                    help="'pipeline' (backend.pipeline.run_job), 'simulated' (no models: for testing clients), or MODULE:FUNCTION")
     p.add_argument("--sim-step", type=float, default=0.1, help="seconds per sampling step of the simulated runner")
@@ -56,11 +58,15 @@ def _serve(args: argparse.Namespace) -> int:
         if args.runner != "pipeline":
             module, _, func = args.runner.partition(":")
             runner = getattr(importlib.import_module(module), func)
+        options = {"untrained": True} if args.untrained else {}
         try:
-            model_sets = [load_model_set(args.models, device=d, checkpoints=args.checkpoints) for d in devices]
-        except ImportError as exc:
+            model_sets = [load_model_set(args.models, device=d, checkpoints=args.checkpoints, **options) for d in devices]
+        except (ImportError, OSError) as exc:  # OSError: missing weights or checkpoints
             raise InvalidInput("models", f"model set {args.models!r} cannot be loaded here: {exc}") from None
-        server = Server(config, model_sets=model_sets, runner=runner)
+        try:
+            server = Server(config, model_sets=model_sets, runner=runner)
+        except ImportError as exc:
+            raise InvalidInput("runner", f"the job runner cannot be imported: {exc}") from None
     server.start()
     print(f"dsquare backend listening on {server.endpoint} (models: {server.models_name}, devices: {','.join(server.devices)}, "
           f"CURVE: {'on' if curve else 'off'}); Ctrl-C stops", flush=True)

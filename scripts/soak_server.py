@@ -62,7 +62,7 @@ def start_server(args, extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
     if args.runner == "simulated":
         cmd += ["--sim-step", str(args.sim_step)]
     else:
-        cmd += ["--models", args.models, "--device", args.device]
+        cmd += ["--models", args.models, "--device", args.device] + (["--untrained"] if args.untrained else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return proc, endpoint
@@ -310,6 +310,7 @@ def main() -> int:
     p.add_argument("--runner", default="simulated", help="simulated (no models) or pipeline")
     p.add_argument("--models", default="builtin")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--untrained", action="store_true", help="random networks of the built-in architecture")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--jobs", type=int, default=3)
     p.add_argument("--steps", type=int, default=4)
@@ -321,7 +322,8 @@ def main() -> int:
     p.add_argument("--json", default=None, help="write the figures here")
     args = p.parse_args()
 
-    figures = {"runner": args.runner, "models": args.models if args.runner != "simulated" else "simulated",
+    figures = {"runner": args.runner,
+               "models": "simulated" if args.runner == "simulated" else args.models + (" (untrained)" if args.untrained else ""),
                "machine": f"{psutil.cpu_count()} CPUs (shared; timings are noisy)"}
     proc, endpoint = start_server(args)
     try:

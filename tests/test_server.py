@@ -88,7 +88,7 @@ def test_progress_every_step_and_previews_throttled_to_one_per_second():
 
 
 def test_cancel_mid_sampling_stops_within_one_step_and_frees_the_worker():
-    runner = SimulatedRunner(step_s=0.05)
+    runner = SimulatedRunner(step_s=0.1)
     with running_server(runner) as srv, Client(srv.endpoint) as c:
         c.wait_connected(5)
         first, second = make_submit(steps=300), make_submit(steps=2)
@@ -275,7 +275,9 @@ def test_killed_client_mid_job_is_cancelled_and_worker_freed_within_the_heartbea
         killed = time.monotonic()
         assert wait_for(lambda: not srv.busy[0], timeout + 2)
         freed_after = time.monotonic() - killed
-        assert freed_after <= timeout + 0.1 + 0.05 * 2, freed_after  # timeout + housekeeping period + a step
+        # the last heartbeat went out at most one interval (0.2 s) before the kill; the server checks every
+        # 0.1 s and the job stops within one 0.02 s step; 0.4 s more for a busy shared CI machine
+        assert timeout - 0.25 <= freed_after <= timeout + 0.1 + 0.02 + 0.4, freed_after
         assert wait_for(lambda: srv.job_states()[job_id] == "cancelled", 1)
 
 
