@@ -71,6 +71,9 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"dsquare backend listening on {server.endpoint} (models: {server.models_name}, devices: {','.join(server.devices)}, "
           f"CURVE: {'on' if curve else 'off'}); Ctrl-C stops", flush=True)
     server.serve_forever()
+    if server.crashed:
+        print("error: the server's I/O loop crashed (see the log above)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -142,6 +142,7 @@ class Server:
         self._seq = 0
         self._start_error: BaseException | None = None
         self.endpoint: str | None = None
+        self.crashed = False
         self.stats: collections.Counter = collections.Counter()
         self.busy = [False] * workers  # per worker: running a job
 
@@ -253,6 +254,7 @@ class Server:
                     self._housekeeping(now)
         except Exception:  # a bug in the loop itself: log loudly, then stop (workers notice _stop)
             log.critical("server I/O loop crashed:\n%s", traceback.format_exc())
+            self.crashed = True
             self._stop.set()
         finally:
             self._queue.close()
@@ -269,9 +271,11 @@ class Server:
         except zmq.Again:
             self.stats["dropped_full"] += 1  # the client is not reading; terminal messages stay for Attach
         except zmq.ZMQError as exc:
-            if exc.errno != zmq.EHOSTUNREACH:
-                raise
-            self.stats["dropped_gone"] += 1
+            if exc.errno == zmq.EHOSTUNREACH:
+                self.stats["dropped_gone"] += 1  # the client disconnected
+            else:
+                log.warning("send to %r failed: %s", identity, exc)
+                self.stats["dropped_error"] += 1
         return False
 
     def _reply(self, identity: bytes, msg: Message) -> None:

@@ -18,6 +18,10 @@ scripts and tests)::
     client.cancel(job_id)
 
 Arrays in a submitted job are sent without copying: do not modify them until the job is accepted.
+Arrays in received messages may be read-only views of the received frames (copy to modify).
+The I/O thread is a daemon; call ``close()`` when done (an add-on: in ``unregister``). ``close()``
+leaves the jobs running on the server (re-attach later by id) unless ``cancel_jobs=True``; a client
+that simply vanishes has its jobs cancelled after the server's heartbeat timeout.
 Only ``protocol`` and pyzmq are imported (no torch, no bpy).
 """
 
