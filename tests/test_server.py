@@ -326,3 +326,33 @@ def test_job_lost_by_a_restarted_server_is_reported_unknown():
             c.wait(jid, 10)
         assert info.value.code == ErrorCode.UNKNOWN_JOB
     c.close()
+
+
+def test_finished_results_expire_after_the_ttl_and_the_store_is_bounded():
+    runner = SimulatedRunner(step_s=0.001)
+    with running_server(runner, result_ttl_s=0.5) as srv, Client(srv.endpoint) as c:
+        c.wait_connected(5)
+        jid = c.wait(c.submit(make_submit()), 10).job_id
+        assert srv.job_states()[jid] == "done"
+        assert wait_for(lambda: jid not in srv.job_states(), 3)
+        c.forget(jid)
+        c.attach(jid)
+        with pytest.raises(ProtocolError) as info:
+            c.wait(jid, 5)
+        assert info.value.code == ErrorCode.UNKNOWN_JOB and "expired" in info.value.message
+    with running_server(runner, result_store_bytes=1) as srv, Client(srv.endpoint) as c:
+        c.wait_connected(5)
+        first = c.wait(c.submit(make_submit()), 10).job_id
+        second = c.wait(c.submit(make_submit()), 10).job_id
+        assert wait_for(lambda: first not in srv.job_states() and second not in srv.job_states(), 3)
+        assert srv.stats["results_evicted"] == 2
+
+
+def test_client_table_is_bounded():
+    with running_server(max_clients=2) as srv:
+        with raw_socket(srv.endpoint) as a, raw_socket(srv.endpoint) as b, raw_socket(srv.endpoint) as c:
+            assert isinstance(request(a, Hello()), Welcome) and isinstance(request(b, Hello()), Welcome)
+            err = request(c, Hello())
+            assert isinstance(err, Error) and err.code == ErrorCode.LIMIT_EXCEEDED and err.field == "clients"
+            request(a, Bye(cancel_jobs=True), timeout=0.2)  # a leaves: room for c
+            assert isinstance(request(c, Hello()), Welcome)
