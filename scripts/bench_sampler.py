@@ -255,11 +255,11 @@ def main(argv=None) -> int:
     sync(args.device)
     if torch.device(args.device).type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     one_step()
     sync(args.device)
     step_s = time.perf_counter() - t
-    result["composed_step_s"] = step_s
+    result["composed_step_s"], result["composed_step_cpu_s"] = step_s, time.process_time() - cpu
     result["composed_step_tflops"] = step_flops / step_s / 1e12
     print(f"[bench] one composed step: {step_s:.2f} s, {_tflops(result['composed_step_tflops'])}"
           + (f" ({100 * result['composed_step_tflops'] / peak:.0f}% of peak)" if peak else ""))
@@ -267,12 +267,13 @@ def main(argv=None) -> int:
     if not args.no_stage:
         seqs = video.sequences + multiview.sequences
         bar = tqdm(total=N, desc="stage one", unit="step")
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), time.process_time()
         out = sample_matrix(video, multiview, x_T, sigmas, vrs=VRS(cfg["vrs_steps"], cfg["vrs_repeats"]),
                             generator=torch.Generator().manual_seed(1), on_step=lambda i, n, x0: bar.update(1),
                             **common)
         sync(args.device)
         stage_s = time.perf_counter() - t
+        result["stage_one_cpu_s"] = time.process_time() - cpu
         bar.close()
         ran = video.sequences + multiview.sequences - seqs
         assert ran == evals * mult * (V + F), f"expected {evals * mult * (V + F)} sequences, ran {ran}"
@@ -280,7 +281,8 @@ def main(argv=None) -> int:
         result["stage_one_tflops"] = evals * step_flops / stage_s / 1e12
         print(f"[bench] stage one: {stage_s:.1f} s ({stage_s / 60:.2f} min), {_tflops(result['stage_one_tflops'])}"
               + (f" ({100 * result['stage_one_tflops'] / peak:.0f}% of peak)" if peak else "")
-              + f"; {ran} sequences through the networks")
+              + f"; {ran} sequences through the networks; process CPU time {result['stage_one_cpu_s']:.0f} s "
+              f"on {torch.get_num_threads()} threads")
         t = time.perf_counter()
         for v in range(V):
             ae.decode(out[v])

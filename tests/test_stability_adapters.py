@@ -45,7 +45,10 @@ def test_model_set_shape_and_shared_latent_space(models):
     assert models.name == "svd-sv3d"
     assert models.video.latent_space == models.multiview.latent_space == models.autoencoder.latent_space == LATENT_SPACE
     assert models.video.latent_shape == models.multiview.latent_shape == (4, 8, 8)
-    assert models.element is models.video
+    # theorem mode's one-entry marginal: SVD on one-frame sequences, sharing the network and encoders
+    assert models.element is not models.video and models.element.net is models.video.net
+    assert models.element.encoder is models.video.encoder and models.element.max_frames == 1
+    assert models.element.latent_space == LATENT_SPACE
     assert models.limits.views == (VIEWS,) and models.limits.frames == (FRAMES,)
     assert models.limits.resolution == RESOLUTION and models.sigma_max == 700.0
 
@@ -134,6 +137,21 @@ def test_guidance_only_within_its_sigma_range(models, images):
         torch.testing.assert_close(mixed, torch.cat([guided, plain]), rtol=1e-5, atol=1e-5)
     finally:
         video.guidance = saved
+
+
+def test_a_jobs_guidance_scale_sets_the_peak_and_is_restored(models):
+    from backend.pipeline import _guidance
+
+    video_default, mv_default = models.video.guidance, models.multiview.guidance
+    with _guidance(models, 2.0):  # what the pipeline does with Options.guidance
+        assert models.video.guidance == Guidance("linear", 1.0, 2.0)
+        assert models.multiview.guidance == Guidance("triangle", 1.0, 2.0)
+    assert models.video.guidance == video_default and models.multiview.guidance == mv_default
+    with _guidance(models, 1.0):  # scale 1: no guidance, one network pass
+        assert not models.video.guidance.active(FRAMES) and not models.multiview.guidance.active(VIEWS)
+    with pytest.raises(InvalidInput):
+        models.video.guidance = "strong"
+    assert models.video.guidance == video_default
 
 
 def test_sv3d_cameras_put_the_conditioning_view_last():

@@ -82,7 +82,7 @@ def load_svd_sv3d(device: str = "cuda", checkpoints: str | None = None, **option
     frames = _positive_int(options.get("frames", int(video_net.unet.config.num_frames)), "frames")
     views = _positive_int(options.get("views", SV3D_VIEWS), "views")
     use_guidance = bool(options.get("guidance", True))
-    svd_default = SVD_XT_GUIDANCE if frames >= 25 else SVD_GUIDANCE
+    svd_default = SVD_XT_GUIDANCE if int(video_net.unet.config.num_frames) >= 25 else SVD_GUIDANCE
     interval = options.get("guidance_sigma_range")
     svd_guidance = _guidance("linear", options.get("svd_guidance"), svd_default, use_guidance, "svd_guidance", interval)
     sv3d_guidance = _guidance("triangle", options.get("sv3d_guidance"), SV3D_GUIDANCE, use_guidance, "sv3d_guidance",
@@ -96,10 +96,14 @@ def load_svd_sv3d(device: str = "cuda", checkpoints: str | None = None, **option
         video_batch = auto_max_batch(video_net.unet, frames, hw, device, dtype, what="SVD-XT")
         mv_batch = auto_max_batch(mv_net.unet, views, hw, device, dtype, what="SV3D_p")
 
-    video = SVDDenoiser(video_net, encoder, latent_shape=latent_shape, seq_len=frames, guidance=svd_guidance,
-                        fps_id=options.get("fps_id", DEFAULT_FPS_ID),
-                        motion_bucket_id=options.get("motion_bucket_id", DEFAULT_MOTION_BUCKET_ID),
-                        cond_aug=options.get("svd_cond_aug", DEFAULT_COND_AUG), max_batch=video_batch)
+    svd_kwargs = dict(latent_shape=latent_shape, guidance=svd_guidance, fps_id=options.get("fps_id", DEFAULT_FPS_ID),
+                      motion_bucket_id=options.get("motion_bucket_id", DEFAULT_MOTION_BUCKET_ID),
+                      cond_aug=options.get("svd_cond_aug", DEFAULT_COND_AUG))
+    video = SVDDenoiser(video_net, encoder, seq_len=frames, max_batch=video_batch, **svd_kwargs)
+    # theorem mode's one-entry marginal: the same network and encoders on one-frame sequences
+    element = SVDDenoiser(video_net, encoder, seq_len=1, max_frames=1,
+                          max_batch=None if video_batch is None else video_batch * frames, **svd_kwargs)
+    element.name = f"{video.name} (one frame)"
     multiview = SV3DDenoiser(mv_net, encoder, latent_shape=latent_shape, seq_len=views, guidance=sv3d_guidance,
                              cond_aug=options.get("sv3d_cond_aug", SV3D_COND_AUG),
                              azimuth_sign=options.get("azimuth_sign", 1.0), max_batch=mv_batch)
@@ -108,7 +112,7 @@ def load_svd_sv3d(device: str = "cuda", checkpoints: str | None = None, **option
             "max_batch": {"video": video_batch, "multiview": mv_batch},
             "guidance": {"video": svd_guidance.__dict__, "multiview": sv3d_guidance.__dict__},
             "element": "SVD on length-1 sequences"}
-    return ModelSet(name="svd-sv3d", autoencoder=autoencoder, video=video, multiview=multiview, element=video,
+    return ModelSet(name="svd-sv3d", autoencoder=autoencoder, video=video, multiview=multiview, element=element,
                     limits=limits, device=str(device), sigma_min=0.002, sigma_max=700.0, info=info)
 
 

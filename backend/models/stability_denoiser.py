@@ -58,12 +58,35 @@ class StabilityVideoDenoiser:
         self.latent_shape = tuple(int(v) for v in latent_shape)
         self.seq_len = int(seq_len)
         self.max_frames = int(max_frames if max_frames is not None else seq_len)
+        self.default_guidance = guidance if isinstance(guidance, Guidance) else None
         self.guidance = guidance
         self.cond_aug = float(cond_aug)
         self.max_batch = max_batch
         self.scaling = EDMScaling("v")
         self.calls = 0  # network evaluations (chunks), for tests and benchmarks
         self.sequences = 0
+
+    @property
+    def guidance(self) -> Guidance:
+        """Classifier-free guidance. Assign a ``Guidance``, or a number s (a job's guidance scale, as
+        the pipeline does): s becomes the peak scale of this model's own shape (SVD's ramp, SV3D's
+        triangle), min_scale capped at s; s = 1 means no guidance (one pass)."""
+        return self._guidance
+
+    @guidance.setter
+    def guidance(self, value) -> None:
+        if isinstance(value, Guidance):
+            self._guidance = value
+            return
+        try:
+            s = float(value)
+        except (TypeError, ValueError) as exc:
+            raise InvalidInput("guidance", f"expected a Guidance or a scale, got {value!r}") from exc
+        base = getattr(self, "default_guidance", None) or Guidance("none")
+        if s == 1.0 or base.kind == "none":
+            self._guidance = Guidance("none") if s == 1.0 else Guidance("linear", s, s, base.sigma_range)
+        else:
+            self._guidance = Guidance(base.kind, min(base.min_scale, s), s, base.sigma_range)
 
     # -- hooks -------------------------------------------------------------------------------
     def frame_vector(self, cond: Cond, T: int, order: Tensor | None) -> Tensor:

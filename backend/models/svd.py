@@ -52,10 +52,10 @@ class SVDDenoiser(StabilityVideoDenoiser):
             raise InvalidInput("svd", f"SVD's vector is (fps_id, motion_bucket_id, cond_aug) at 256 each, the "
                                       f"network has widths {net.vector_widths}")
         if guidance is None:
-            guidance = SVD_XT_GUIDANCE if seq_len >= 25 else SVD_GUIDANCE
+            guidance = SVD_XT_GUIDANCE if net.unet.config.num_frames >= 25 else SVD_GUIDANCE
         super().__init__(net, encoder, latent_shape=latent_shape, seq_len=seq_len, max_frames=max_frames,
                          guidance=guidance, cond_aug=cond_aug, max_batch=max_batch)
-        self.name = "SVD-XT" if seq_len >= 25 else "SVD"
+        self.name = "SVD-XT" if net.unet.config.num_frames >= 25 else "SVD"
         self.fps_id = float(fps_id)
         self.motion_bucket_id = float(motion_bucket_id)
 
