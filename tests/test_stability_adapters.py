@@ -316,3 +316,29 @@ def test_registry_and_checkpoint_errors(ckpt, tmp_path, monkeypatch):
     with pytest.raises(InvalidInput) as err:
         load_model_set("svd-sv3d", device="cuda:0" if not torch.cuda.is_available() else "tpu", checkpoints=str(ckpt))
     assert err.value.field == "device"
+
+
+def test_pipeline_stage_one_runs_on_the_real_adapters(models, mode="image"):
+    """The backend's stage one (turntable / one image -> orbit, reference motion, composed matrix,
+    decode) with the svd-sv3d model set: conditions, cameras and limits fit together."""
+    import numpy as np
+
+    from backend.pipeline import sample_stage_one, validate_submit
+    from protocol.cameras import orbit_rig
+    from protocol.messages import Cameras, Options, Submit, new_job_id
+
+    rig = orbit_rig(VIEWS, RESOLUTION, elevation_deg=10.0)
+    rng = np.random.default_rng(0)
+    tt = rng.integers(0, 255, size=(VIEWS, RESOLUTION, RESOLUTION, 4), dtype=np.uint8)
+    tt[..., 3] = 255
+    if mode == "image":
+        tt = tt[:1]
+    sub = Submit(job_id=new_job_id(), mode=mode, turntable=tt, cameras=Cameras.from_rig(rig),
+                 options=Options(frames=FRAMES, steps=1, seed=3, fit_iterations=10, guidance=2.0, previews=False))
+    validate_submit(sub, models)
+    out = sample_stage_one(sub, models)
+    assert out.images.shape == (VIEWS, FRAMES, RESOLUTION, RESOLUTION, 3)
+    assert out.latents.shape == (VIEWS, FRAMES, 4, 8, 8) and torch.isfinite(out.latents).all()
+    if mode != "image":
+        np.testing.assert_array_equal(out.images[:, 0], tt[..., :3])
+    assert models.video.guidance == Guidance("linear", 1.0, 2.5)  # the job's scale was undone
