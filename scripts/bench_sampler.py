@@ -215,11 +215,22 @@ def main(argv=None) -> int:
     result = dict(config=cfg_name, settings=cfg, guidance=guidance, device=args.device,
                   flops=dict(svd_row=flops_svd, sv3d_column=flops_sv3d, composed_step=step_flops,
                              stage_one=evals * step_flops))
+    from backend.models.memory import UNetShape, max_batch as fit_batch, sequence_bytes
+
+    metas = build_nets(cfg["arch"], "meta", torch.float32, meta=True)
+    weights_gib = sum(sum(p.numel() for p in n.parameters()) for n in metas) * 2 / 2**30
+    est = [sequence_bytes(UNetShape.of(n.unet), t, (hw, hw), 2) for n, t in zip(metas, (F, V))]
+    fits = [fit_batch(80 * 2**30 - int(weights_gib * 2**30), e, reserve_bytes=2 * 2**30) for e in est]
+    result["memory_estimate"] = dict(weights_bf16_gib=weights_gib, svd_row_gib=est[0] / 2**30,
+                                     sv3d_column_gib=est[1] / 2**30, max_batch_80gib=fits)
+    print(f"[bench] memory estimate (bf16): UNet weights {weights_gib:.1f} GiB; activations per SVD-XT row "
+          f"{est[0] / 2**30:.2f} GiB, per SV3D_p column {est[1] / 2**30:.2f} GiB -> on an 80 GiB GPU "
+          f"max_batch {fits[0]} rows / {fits[1]} columns per call ({mult * V} / {mult * F} sequences per step)")
     peak, device_name = peak_tflops(args.device)
     result["device_name"], result["peak_tflops"] = device_name, peak
-    if peak:
-        print(f"[bench] {device_name}: stage one at 100% of {peak:.0f} TFLOP/s would take "
-              f"{evals * step_flops / (peak * 1e12):.0f} s")
+    ref_name, ref_peak = (device_name, peak) if peak else ("an H100 SXM (dense bf16)", 989.4)
+    print(f"[bench] on {ref_name}, stage one at 100% of {ref_peak:.0f} TFLOP/s would take "
+          f"{evals * step_flops / (ref_peak * 1e12):.0f} s; at 50%: {2 * evals * step_flops / (ref_peak * 1e12):.0f} s")
     if args.count_only:
         return _write(args.out, result)
 
