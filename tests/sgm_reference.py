@@ -56,7 +56,8 @@ class ResBlock(nn.Module):
         pad = kernel // 2 if isinstance(kernel, int) else [k // 2 for k in kernel]
         self.in_layers = nn.Sequential(gn(ch), nn.SiLU(), conv(ch, out_ch, kernel, padding=pad))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, out_ch))
-        self.out_layers = nn.Sequential(gn(out_ch), nn.SiLU(), nn.Dropout(0.0), conv(out_ch, out_ch, kernel, padding=pad))
+        self.out_layers = nn.Sequential(gn(out_ch), nn.SiLU(), nn.Dropout(0.0),
+                                        conv(out_ch, out_ch, kernel, padding=pad))
         self.skip_connection = nn.Identity() if out_ch == ch else conv(ch, out_ch, 1)
         self.dims = dims
 
@@ -178,7 +179,8 @@ class SpatialVideoTransformer(nn.Module):
         self.transformer_blocks = nn.ModuleList(
             [BasicTransformerBlock(inner, heads, d_head, context_dim) for _ in range(depth)])
         self.proj_out = nn.Linear(inner, ch)
-        self.time_stack = nn.ModuleList([VideoTransformerBlock(inner, heads, d_head, context_dim) for _ in range(depth)])
+        self.time_stack = nn.ModuleList([VideoTransformerBlock(inner, heads, d_head, context_dim)
+                                         for _ in range(depth)])
         self.time_pos_embed = nn.Sequential(nn.Linear(ch, ch * 4), nn.SiLU(), nn.Linear(ch * 4, ch))
         self.time_mixer = Mixer()
         self.ch = ch

@@ -130,7 +130,8 @@ def test_refuses_checkpoints_with_missing_unexpected_or_misshaped_keys(reference
         unet_from_sgm(sd, TINY_SV3D_PARAMS)
     e = err.value
     assert e.field == "checkpoint"
-    assert e.missing == sorted(["input_blocks.1.0.in_layers.0.weight", "output_blocks.2.1.time_stack.0.attn2.to_k.weight"])
+    assert e.missing == sorted(["input_blocks.1.0.in_layers.0.weight",
+                                "output_blocks.2.1.time_stack.0.attn2.to_k.weight"])
     assert e.unexpected == ["input_blocks.1.0.extra_layer.weight"]
     assert e.mismatched == ["label_emb.0.0.weight"]
     msg = str(e)

@@ -128,7 +128,8 @@ def parse_sgm_params(params: Mapping[str, Any]) -> SgmUNetSpec:
 
 
 def _norm(v):
-    return list(v) if isinstance(v, (list, tuple)) else v
+    """Lists for any sequence (also OmegaConf's ListConfig), the value itself otherwise."""
+    return list(v) if isinstance(v, Iterable) and not isinstance(v, (str, bytes, Mapping)) else v
 
 
 def diffusers_unet_config(spec: SgmUNetSpec, addition_time_embed_dim: int = 256, num_frames: int = 25) -> dict:
@@ -260,7 +261,8 @@ def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], *, what: st
     back = rename_back or (lambda keys: list(keys))
     missing = sorted(back([k for k in expected if k not in state_dict]))
     unexpected = sorted(list(unmatched) + back([k for k in state_dict if k not in expected]))
-    mismatched = sorted(back([k for k in state_dict if k in expected and tuple(state_dict[k].shape) != tuple(expected[k].shape)]))
+    mismatched = sorted(back([k for k in state_dict
+                              if k in expected and tuple(state_dict[k].shape) != tuple(expected[k].shape)]))
     if missing or unexpected or mismatched:
         raise CheckpointMismatch(field, what, missing, unexpected, mismatched)
     module.load_state_dict(dict(state_dict), strict=True, assign=True)
