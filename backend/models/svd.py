@@ -81,7 +81,10 @@ def load_svd_unet(source: str, *, dtype: torch.dtype = torch.float32, device: st
         raise InvalidInput("svd", f"{source}: not an SVD UNet (vector input "
                                   f"{unet.config.projection_class_embeddings_input_dim} wide, expected 3 x "
                                   f"{unet.config.addition_time_embed_dim})")
-    return VideoUNet(unet.to(device), widths).eval()
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0())  # PyTorch SDPA (flash / memory-efficient kernels on GPU)
+    return VideoUNet(unet if str(device) == "cpu" else unet.to(device), widths).eval()
 
 
 def _hub_kwargs(local_files_only: bool | None) -> dict[str, Any]:
