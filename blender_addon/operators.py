@@ -1,0 +1,299 @@
+"""Operators behind the D² panel's buttons."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy_extras.io_utils import ExportHelper
+
+from . import bake, samples, session as session_mod
+from ._protocol import messages as pmsg
+from .clip import ClipError, load_clip
+from .props import fit_to_limits, limit_problems
+from .turntable import CaptureError, capture_turntable, check_object
+
+ROLE = "dsquare_role"  # custom property on imported objects: 'points' or 'mesh'
+
+
+@contextmanager
+def reporting_to(session, op):
+    """While an operator runs, the session's notices go to the operator's own report."""
+    previous = session.reporter
+    session.reporter = lambda level, text: op.report({level}, text)
+    try:
+        yield
+    finally:
+        session.reporter = previous
+
+
+class DSQUARE_OT_report(bpy.types.Operator):
+    """Show a dsquare message in the status bar (used by the background timer)"""
+
+    bl_idname = "dsquare.report"
+    bl_label = "D² Message"
+    bl_options = {"INTERNAL"}
+
+    level: EnumProperty(items=[("INFO", "Info", ""), ("WARNING", "Warning", ""), ("ERROR", "Error", "")], default="INFO")
+    message: StringProperty()
+
+    def execute(self, context):
+        self.report({self.level}, self.message)
+        return {"FINISHED"}
+
+
+class DSQUARE_OT_connect(bpy.types.Operator):
+    """Connect to the dsquare backend and read its models and limits"""
+
+    bl_idname = "dsquare.connect"
+    bl_label = "Connect"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context):
+        session = session_mod.get()
+        with reporting_to(session, self):
+            ok = session.connect(context.scene.dsquare.server)
+        return {"FINISHED"} if ok else {"CANCELLED"}
+
+
+class DSQUARE_OT_disconnect(bpy.types.Operator):
+    """Disconnect from the backend (a running job is cancelled)"""
+
+    bl_idname = "dsquare.disconnect"
+    bl_label = "Disconnect"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context):
+        session = session_mod.get()
+        if session.busy:
+            session.cancel()
+        session.disconnect(cancel_jobs=True)
+        return {"FINISHED"}
+
+
+class DSQUARE_OT_dismiss(bpy.types.Operator):
+    """Hide this message"""
+
+    bl_idname = "dsquare.dismiss"
+    bl_label = "Dismiss"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context):
+        session_mod.get().dismiss()
+        return {"FINISHED"}
+
+
+class DSQUARE_OT_fit_to_backend(bpy.types.Operator):
+    """Change views, frames, resolution and the other settings to values the connected backend accepts"""
+
+    bl_idname = "dsquare.fit_to_backend"
+    bl_label = "Use Backend Limits"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return session_mod.get().welcome is not None
+
+    def execute(self, context):
+        changed = fit_to_limits(context.scene.dsquare, session_mod.get().welcome.limits)
+        self.report({"INFO"}, "Set " + ", ".join(changed) if changed else "Settings already fit the backend")
+        return {"FINISHED"}
+
+
+class DSQUARE_OT_generate(bpy.types.Operator):
+    """Render a turntable of the active mesh, send it to the backend and import the animation it sends back"""
+
+    bl_idname = "dsquare.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        return not session_mod.get().busy
+
+    def execute(self, context):
+        session = session_mod.get()
+        settings = context.scene.dsquare
+        with reporting_to(session, self):
+            return self._generate(context, session, settings)
+
+    def _generate(self, context, session, settings):
+        if session.busy:
+            self.report({"ERROR"}, "A generation is already running: cancel it first")
+            return {"CANCELLED"}
+        obj = context.active_object
+        try:
+            check_object(obj)
+        except CaptureError as exc:
+            session._notify("ERROR", exc.message, "", exc.field)
+            return {"CANCELLED"}
+        if obj.mode == "EDIT":
+            obj.update_from_editmode()
+        limits = session.welcome.limits if session.welcome is not None else None
+        problems = limit_problems(settings, limits)
+        if problems:
+            session._notify("ERROR", "Some settings are beyond what the backend allows",
+                            "; ".join(msg for _, msg in problems), problems[0][0])
+            return {"CANCELLED"}
+        reference = None
+        wm = context.window_manager
+        try:
+            if settings.mode == "video":
+                reference = load_clip(settings.clip_path, int(settings.frames), int(settings.resolution),
+                                      int(settings.clip_start))
+            views = int(settings.views)
+            wm.progress_begin(0, views)
+            try:
+                capture = capture_turntable(obj, views=views, resolution=int(settings.resolution),
+                                            elevation_deg=float(settings.elevation), settings=settings.render_settings(),
+                                            send_vertices=settings.transfer_motion,
+                                            progress=lambda i, n: wm.progress_update(i))
+            finally:
+                wm.progress_end()
+        except (CaptureError, ClipError) as exc:
+            session._notify("ERROR", "Cannot start: " + exc.message, "", exc.field)
+            return {"CANCELLED"}
+        vertices = capture.vertices
+        if vertices is not None and limits is not None and vertices.shape[0] > limits.max_vertices:
+            session._notify("WARNING", "Your mesh is too dense for motion transfer: only the point cloud will come back",
+                            f"vertices: {vertices.shape[0]} (limit: {limits.max_vertices})", "vertices")
+            vertices = None
+        submit = pmsg.Submit(job_id=pmsg.new_job_id(), mode=settings.mode, turntable=capture.images,
+                             cameras=pmsg.Cameras.from_rig(capture.rig), options=settings.options(),
+                             reference=reference, vertices=vertices)
+        if not session.start_job(submit, capture, settings.import_prefs(), settings.server, context.scene):
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"D²: generating motion for '{obj.name}'…")
+        return {"FINISHED"}
+
+
+class DSQUARE_OT_cancel(bpy.types.Operator):
+    """Cancel the running generation (nothing is imported)"""
+
+    bl_idname = "dsquare.cancel"
+    bl_label = "Cancel"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        return session_mod.get().busy
+
+    def execute(self, context):
+        session = session_mod.get()
+        with reporting_to(session, self):
+            session.cancel()
+        return {"FINISHED"}
+
+
+def result_objects(context) -> tuple[list, object | None]:
+    """(every D² object of the active result, its animated mesh or None): the active object's
+    result collection when it is a D² object, else the session's last import."""
+    active = context.active_object
+    names = []
+    if active is not None and active.get(ROLE):
+        for coll in active.users_collection:
+            names = [ob.name for ob in coll.objects if ob.get(ROLE)]
+            if names:
+                break
+    if not names:
+        outcome = session_mod.get().outcome
+        if outcome is not None:
+            names = [n for n in (outcome.point_cloud, outcome.animated_mesh) if n]
+    objects = [bpy.data.objects[n] for n in names if n in bpy.data.objects]
+    mesh = next((ob for ob in objects if ob.get(ROLE) == "mesh"), None)
+    return objects, mesh
+
+
+def default_bake_path(name: str, ext: str) -> str:
+    safe = bpy.path.clean_name(name) or "dsquare"
+    if bpy.data.filepath:
+        return bpy.path.abspath(f"//dsquare/{safe}{ext}")
+    return os.path.join(tempfile.gettempdir(), "dsquare", safe + ext)
+
+
+class DSQUARE_OT_bake_alembic(bpy.types.Operator, ExportHelper):
+    """Export the animated point cloud and mesh to an Alembic file (one sample per frame of the scene range)"""
+
+    bl_idname = "dsquare.bake_alembic"
+    bl_label = "Bake Alembic"
+    bl_options = {"REGISTER"}
+    filename_ext = ".abc"
+    filter_glob: StringProperty(default="*.abc", options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        return bool(result_objects(context)[0])
+
+    def invoke(self, context, event):
+        objects, mesh = result_objects(context)
+        self.filepath = default_bake_path((mesh or objects[0]).name, ".abc")
+        return super().invoke(context, event)
+
+    def execute(self, context):
+        objects, mesh = result_objects(context)
+        if not self.filepath:
+            self.filepath = default_bake_path((mesh or objects[0]).name, ".abc")
+        scene = context.scene
+        try:
+            bake.export_alembic(objects, bpy.path.abspath(self.filepath), scene.frame_start, scene.frame_end)
+        except bake.BakeError as exc:
+            self.report({"ERROR"}, f"Alembic bake failed: {exc.message}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Baked {len(objects)} object(s), frames {scene.frame_start}-{scene.frame_end}, to {self.filepath}")
+        return {"FINISHED"}
+
+
+class DSQUARE_OT_bake_pc2(bpy.types.Operator, ExportHelper):
+    """Bake the animated mesh's motion to a PC2 point cache for the Mesh Cache modifier"""
+
+    bl_idname = "dsquare.bake_pc2"
+    bl_label = "Bake PC2"
+    bl_options = {"REGISTER", "UNDO"}
+    filename_ext = ".pc2"
+    filter_glob: StringProperty(default="*.pc2", options={"HIDDEN"})
+    add_modifier: BoolProperty(name="Add Mesh Cache Modifier", default=False,
+                               description="Also add a Mesh Cache modifier reading the file to the animated mesh")
+
+    @classmethod
+    def poll(cls, context):
+        return result_objects(context)[1] is not None
+
+    def invoke(self, context, event):
+        self.filepath = default_bake_path(result_objects(context)[1].name, ".pc2")
+        return super().invoke(context, event)
+
+    def execute(self, context):
+        _, mesh = result_objects(context)
+        if not self.filepath:
+            self.filepath = default_bake_path(mesh.name, ".pc2")
+        scene = context.scene
+        path = bpy.path.abspath(self.filepath)
+        try:
+            cache = bake.bake_pc2(mesh, path, scene.frame_start, scene.frame_end, scene)
+        except (bake.BakeError, OSError) as exc:
+            self.report({"ERROR"}, f"PC2 bake failed: {getattr(exc, 'message', exc)}")
+            return {"CANCELLED"}
+        if self.add_modifier:
+            bake.attach_pc2(mesh, self.filepath, scene.frame_start)
+        self.report({"INFO"}, f"Baked {cache.positions.shape[0]} frames x {cache.positions.shape[1]} vertices to {self.filepath}")
+        return {"FINISHED"}
+
+
+class DSQUARE_OT_add_sample(bpy.types.Operator):
+    """Add dsquare's sample mesh (a small flower) at the 3D cursor, to try the add-on"""
+
+    bl_idname = "dsquare.add_sample"
+    bl_label = "Add Sample Mesh"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        obj = samples.add_sample(context, location=tuple(context.scene.cursor.location))
+        self.report({"INFO"}, f"Added '{obj.name}'")
+        return {"FINISHED"}
+
+
+CLASSES = (DSQUARE_OT_report, DSQUARE_OT_connect, DSQUARE_OT_disconnect, DSQUARE_OT_dismiss, DSQUARE_OT_fit_to_backend,
+           DSQUARE_OT_generate, DSQUARE_OT_cancel, DSQUARE_OT_bake_alembic, DSQUARE_OT_bake_pc2, DSQUARE_OT_add_sample)
