@@ -117,8 +117,13 @@ def temporary_scene(objects: Sequence, settings: RenderSettings, name: str = "ds
             scene.collection.objects.link(ob)
         world = bpy.data.worlds.new(name + "_world")
         created_data.append(world)
-        world.use_nodes = False if hasattr(world, "use_nodes") and bpy.app.version < (5, 0, 0) else world.use_nodes
         world.color = (1.0, 1.0, 1.0)
+        if bpy.app.version < (5, 0, 0):
+            world.use_nodes = False  # the plain world colour lights the scene
+        elif world.node_tree is not None:  # 5.0+: worlds always use nodes; light with white
+            for node in world.node_tree.nodes:
+                if node.type == "BACKGROUND":
+                    node.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
         scene.world = world
         r = scene.render
         r.engine = ENGINES[settings.engine.upper()]

@@ -163,7 +163,10 @@ def default_reporter(level: str, text: str) -> None:
         if hasattr(bpy.ops, "dsquare") and hasattr(bpy.ops.dsquare, "report"):
             bpy.ops.dsquare.report(level=level, message=text)
             return
-    except (RuntimeError, TypeError, AttributeError):
+    except RuntimeError as exc:
+        if text.splitlines()[0] in str(exc):
+            return  # an operator's ERROR report also raises in Python: it has been reported
+    except (TypeError, AttributeError):
         pass
     print(f"[D²] {level}: {text}")
 

@@ -74,6 +74,8 @@ class FakeBackend:
     result_fn: object = None
     received: list = field(default_factory=list)
     cancelled: list = field(default_factory=list)
+    submits: list = field(default_factory=list)  # every decoded Submit (what the add-on really sent)
+    results: dict = field(default_factory=dict)  # job id -> the Result sent
 
     def __post_init__(self):
         self._ctx = zmq.Context()
@@ -114,7 +116,9 @@ class FakeBackend:
                         job_id=sub.job_id)
             return
         fn = self.result_fn or (lambda s: synthetic_result(s, self.gaussians))
-        yield fn(sub)
+        result = fn(sub)
+        self.results[sub.job_id] = result
+        yield result
 
     def _run(self) -> None:
         poller = zmq.Poller()
@@ -154,6 +158,7 @@ class FakeBackend:
                 states[jid] = "running" if self._job is not None and self._job[1].job_id == jid else "unknown"
             self._send(identity, Pong(seq=msg.seq, jobs=states))
         elif isinstance(msg, Submit):
+            self.submits.append(msg)
             self._job = (identity, msg, self._script(msg), time.monotonic())
         elif isinstance(msg, Cancel):
             self.cancelled.append(msg.job_id)
