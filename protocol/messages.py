@@ -109,8 +109,8 @@ class Hello(Message):
 class Limits:
     """What the server accepts (from the model set's ``ModelLimits`` plus the server's own).
 
-    views / frames: allowed matrix sizes V and F; resolution: maximal image side in pixels (images
-    are square); elevation_deg: [min, max] orbit elevation; max_message_bytes: the largest message
+    views / frames: allowed matrix sizes V and F; resolution: the side in pixels of every turntable
+    and reference image (square, exactly this size); elevation_deg: [min, max] orbit elevation; max_message_bytes: the largest message
     the server reads (the socket drops far larger ones without a reply)."""
 
     views: list[int]
@@ -207,7 +207,7 @@ def new_job_id() -> str:
 class Submit(Message):
     """A job. turntable: uint8 RGBA [V, H, W, 4] (``image`` mode: [1, H, W, 4]), square images;
     cameras: the V views; reference: uint8 RGBA clip [F, H, W, 4] (``video`` mode only);
-    vertices: float32 [P, 3] mesh vertices in the cameras' normalised object space, whose motion
+    Images are resolution x resolution (``Limits.resolution``). vertices: float32 [P, 3] mesh vertices in the cameras' normalised object space, whose motion
     comes back in ``Result.vertices``."""
 
     KIND: ClassVar[str] = "submit"
