@@ -171,11 +171,11 @@ def export_alembic(objects: Sequence, path: str, frame_start: int, frame_end: in
                 ob.select_set(False)
             for ob in objects:
                 ob.select_set(True)
-            result = bpy.ops.wm.alembic_export(filepath=path, start=int(frame_start), end=int(frame_end),
-                                               selected=True, visible_objects_only=False, flatten=False,
-                                               uvs=True, normals=True, vcolors=True, face_sets=False,
-                                               export_hair=False, export_particles=False,
-                                               evaluation_mode="VIEWPORT")
+            wanted = dict(filepath=path, start=int(frame_start), end=int(frame_end), selected=True,
+                          visible_objects_only=False, flatten=False, uvs=True, normals=True, vcolors=True,
+                          face_sets=False, export_hair=False, export_particles=False, evaluation_mode="VIEWPORT")
+            known = bpy.ops.wm.alembic_export.get_rna_type().properties.keys()  # options differ across 4.2-5.x
+            result = bpy.ops.wm.alembic_export(**{k: v for k, v in wanted.items() if k in known})
             if "FINISHED" not in result:
                 raise BakeError("filepath", f"Alembic export to {path} failed")
     finally:

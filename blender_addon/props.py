@@ -31,7 +31,8 @@ class DSquareSettings(bpy.types.PropertyGroup):
     views: IntProperty(name="Views", default=8, min=1, max=64, description="Cameras on the orbit (V)")
     frames: IntProperty(name="Frames", default=8, min=1, max=256, description="Animation frames to generate (F)")
     resolution: IntProperty(name="Resolution", default=64, min=8, max=2048, subtype="PIXEL",
-                            description="Side of the square turntable images, in pixels")
+                            description="Side of the square turntable images, in pixels (the backend's models "
+                                        "work at one size: 'Use Backend Limits' sets it)")
     elevation: FloatProperty(name="Elevation", default=10.0, min=-85.0, max=85.0, precision=1,
                              description="Orbit elevation in degrees (positive: cameras above the object)")
     engine: EnumProperty(
@@ -109,8 +110,8 @@ def limit_problems(settings: DSquareSettings, limits) -> list[tuple[str, str]]:
         out.append(("views", f"Views {settings.views}: this backend makes {', '.join(map(str, limits.views))}"))
     if settings.frames not in limits.frames:
         out.append(("frames", f"Frames {settings.frames}: this backend makes {', '.join(map(str, limits.frames))}"))
-    if settings.resolution > limits.resolution:
-        out.append(("resolution", f"Resolution {settings.resolution}: at most {limits.resolution} px"))
+    if settings.resolution != limits.resolution:
+        out.append(("resolution", f"Resolution {settings.resolution}: this backend works at {limits.resolution} px"))
     lo, hi = limits.elevation_deg
     if not lo <= settings.elevation <= hi:
         out.append(("elevation", f"Elevation {settings.elevation:g}°: allowed {lo:g}° to {hi:g}°"))

@@ -157,6 +157,11 @@ def check_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+def online_access() -> bool:
+    """Blender's "Allow Online Access" preference (4.2+); always True on older versions."""
+    return bool(getattr(bpy.app, "online_access", True))
+
+
 def default_reporter(level: str, text: str) -> None:
     """Report in the window's status bar (through the add-on's report operator), else print."""
     try:
@@ -297,7 +302,7 @@ class Session:
         except ValueError as exc:
             self._notify("ERROR", "The server address is not valid", str(exc), "server")
             return False
-        if not is_loopback(endpoint) and not getattr(bpy.app, "online_access", True):
+        if not is_loopback(endpoint) and not online_access():
             self._notify("ERROR", "Online access is disabled: dsquare may only reach a backend on this computer",
                          f"{endpoint} is not on this computer. Allow online access in Preferences ▸ System ▸ "
                          "Network, or run the backend locally (tcp://127.0.0.1:PORT).", "server")

@@ -23,7 +23,7 @@ from protocol.messages import (PROTOCOL_VERSION, Accepted, Cancel, Error, Hello,
 
 
 def fake_limits(**overrides) -> Limits:
-    values = dict(views=[4, 8], frames=[4, 6, 8], resolution=64, elevation_deg=[-30.0, 45.0], max_steps=50,
+    values = dict(views=[4, 8], frames=[4, 6, 8], resolution=32, elevation_deg=[-30.0, 45.0], max_steps=50,
                   max_fit_iterations=2000, max_vertices=5000, max_message_bytes=64 * 2**20, max_queue=4,
                   max_queue_per_client=2, heartbeat_interval_s=0.5, heartbeat_timeout_s=10.0, result_ttl_s=60.0)
     values.update(overrides)
@@ -74,6 +74,7 @@ class FakeBackend:
     result_fn: object = None
     received: list = field(default_factory=list)
     cancelled: list = field(default_factory=list)
+    port: int = 0  # 0: a free port
     submits: list = field(default_factory=list)  # every decoded Submit (what the add-on really sent)
     results: dict = field(default_factory=dict)  # job id -> the Result sent
 
@@ -81,7 +82,11 @@ class FakeBackend:
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.ROUTER)
         self._sock.setsockopt(zmq.LINGER, 0)
-        port = self._sock.bind_to_random_port("tcp://127.0.0.1")
+        if self.port:
+            self._sock.bind(f"tcp://127.0.0.1:{self.port}")
+            port = self.port
+        else:
+            port = self._sock.bind_to_random_port("tcp://127.0.0.1")
         self.endpoint = f"tcp://127.0.0.1:{port}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -111,8 +111,8 @@ def test_panel_draws_in_every_state(addon):
         calls = draw_all_panels(context)
         assert any("Views 5" in t for t in _texts(calls, "label")) and "dsquare.fit_to_backend" in _texts(calls, "operator")
         bpy.ops.dsquare.fit_to_backend()
-        assert scene.dsquare.views == 4 and scene.dsquare.resolution == 64
-        scene.dsquare.resolution = 16
+        assert scene.dsquare.views == 4 and scene.dsquare.resolution == 32
+        assert not any(k == "operator" and d == "dsquare.fit_to_backend" for k, d in draw_all_panels(context))
 
         assert bpy.ops.dsquare.generate() == {"FINISHED"}
         drive(session, lambda: session.job.phase == "running" and session.job.step >= 2, timeout=15)
