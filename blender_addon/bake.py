@@ -108,23 +108,27 @@ def sample_local_positions(obj, frames: Sequence[float], scene=None) -> np.ndarr
 def bake_pc2(obj, path: str, frame_start: int, frame_end: int, scene=None) -> PC2:
     """Bake ``obj``'s evaluated motion over [frame_start, frame_end] (one sample per frame) to ``path``."""
     if obj is None or obj.type != "MESH":
-        raise BakeError("object", "select the animated mesh to bake a PC2 cache")
+        raise BakeError("object", "select the animated mesh (or point cloud) to bake a PC2 cache")
     if frame_end < frame_start:
         raise BakeError("frame_end", f"frame_end {frame_end} is before frame_start {frame_start}")
     frames = list(range(int(frame_start), int(frame_end) + 1))
-    positions = sample_local_positions(obj, frames, scene)
+    with _points_as_vertices([obj]):  # a D² point cloud: sample its vertices, not the points
+        positions = sample_local_positions(obj, frames, scene)
     _ensure_dir(path)
     write_pc2(path, positions, float(frame_start), 1.0)
     return PC2(positions, float(frame_start), 1.0)
 
 
 def attach_pc2(obj, path: str, frame_start: float):
-    """Add a Mesh Cache modifier reading ``path`` to ``obj`` (at the end of its stack); returns it."""
+    """Add a Mesh Cache modifier reading ``path`` to ``obj``, first in its stack (the cache holds the
+    base mesh's positions; the other modifiers, e.g. the points, apply after it); returns it."""
     mod = obj.modifiers.new("D² Mesh Cache", "MESH_CACHE")
     mod.cache_format = "PC2"
     mod.filepath = path
     mod.frame_start = float(frame_start)
     mod.deform_mode = "OVERWRITE"
+    if len(obj.modifiers) > 1 and hasattr(obj.modifiers, "move"):
+        obj.modifiers.move(len(obj.modifiers) - 1, 0)
     return mod
 
 

@@ -14,7 +14,7 @@ from . import bake, samples, session as session_mod
 from ._protocol import messages as pmsg
 from .clip import ClipError, load_clip
 from .props import fit_to_limits, limit_problems
-from .turntable import CaptureError, capture_turntable, check_object
+from .turntable import CaptureError, check_object, iter_capture_turntable
 
 ROLE = "dsquare_role"  # custom property on imported objects: 'points' or 'mesh'
 
@@ -114,22 +114,93 @@ class DSQUARE_OT_generate(bpy.types.Operator):
     def poll(cls, context):
         return not session_mod.get().busy
 
+    # One button, two ways to run: from the UI (invoke) the turntable renders one view per modal
+    # timer event, so the window redraws, shows progress and Esc/Cancel stop it; from scripts and
+    # in background mode (execute) it renders in one go. Both use the same steps.
+
     def execute(self, context):
         session = session_mod.get()
-        settings = context.scene.dsquare
         with reporting_to(session, self):
-            return self._generate(context, session, settings)
+            prepared = self._prepare(context, session)
+            if prepared is None:
+                return {"CANCELLED"}
+            steps, reference = prepared
+            wm = context.window_manager
+            wm.progress_begin(0, int(context.scene.dsquare.views))
+            try:
+                while True:
+                    try:
+                        done, _ = next(steps)
+                    except StopIteration as stop:
+                        capture = stop.value
+                        break
+                    wm.progress_update(done)
+            except (CaptureError, ClipError) as exc:
+                session._notify("ERROR", "Cannot start: " + exc.message, "", exc.field)
+                return {"CANCELLED"}
+            finally:
+                wm.progress_end()
+                session.rendering = None
+            return self._submit(context, session, capture, reference)
 
-    def _generate(self, context, session, settings):
-        if session.busy:
-            self.report({"ERROR"}, "A generation is already running: cancel it first")
+    def invoke(self, context, event):
+        if bpy.app.background or context.window is None:
+            return self.execute(context)
+        session = session_mod.get()
+        with reporting_to(session, self):
+            prepared = self._prepare(context, session)
+        if prepared is None:
             return {"CANCELLED"}
+        self._steps, self._reference = prepared
+        wm = context.window_manager
+        wm.progress_begin(0, int(context.scene.dsquare.views))
+        self._timer = wm.event_timer_add(0.001, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def _finish_modal(self, context) -> None:
+        wm = context.window_manager
+        wm.event_timer_remove(self._timer)
+        wm.progress_end()
+        session_mod.get().rendering = None
+        session_mod.get()._tag_redraw()
+
+    def modal(self, context, event):
+        session = session_mod.get()
+        if event.type == "ESC" or session.rendering is None:  # Esc, or Cancel pressed in the panel
+            self._steps.close()  # removes the temporary scene
+            self._finish_modal(context)
+            self.report({"INFO"}, "D²: turntable cancelled")
+            return {"CANCELLED"}
+        if event.type != "TIMER" or event.timer is not self._timer:
+            return {"RUNNING_MODAL"}  # the window keeps redrawing; the scene stays as it is meanwhile
+        with reporting_to(session, self):
+            try:
+                done, total = next(self._steps)
+            except StopIteration as stop:
+                self._finish_modal(context)
+                return self._submit(context, session, stop.value, self._reference)
+            except (CaptureError, ClipError) as exc:
+                self._finish_modal(context)
+                session._notify("ERROR", "Cannot start: " + exc.message, "", exc.field)
+                return {"CANCELLED"}
+        session.rendering = (done, total)
+        context.window_manager.progress_update(done)
+        session._tag_redraw()
+        return {"RUNNING_MODAL"}
+
+    def _prepare(self, context, session):
+        """Check everything that can be checked before rendering; returns (render steps, reference) or None."""
+        settings = context.scene.dsquare
+        if session.busy:
+            session._notify("ERROR", "A generation is already running: cancel it first", "", "job")
+            return None
         obj = context.active_object
         try:
             check_object(obj)
         except CaptureError as exc:
             session._notify("ERROR", exc.message, "", exc.field)
-            return {"CANCELLED"}
+            return None
         if obj.mode == "EDIT":
             obj.update_from_editmode()
         limits = session.welcome.limits if session.welcome is not None else None
@@ -137,25 +208,25 @@ class DSQUARE_OT_generate(bpy.types.Operator):
         if problems:
             session._notify("ERROR", "Some settings are beyond what the backend allows",
                             "; ".join(msg for _, msg in problems), problems[0][0])
-            return {"CANCELLED"}
+            return None
         reference = None
-        wm = context.window_manager
         try:
             if settings.mode == "video":
                 reference = load_clip(settings.clip_path, int(settings.frames), int(settings.resolution),
                                       int(settings.clip_start))
-            views = int(settings.views)
-            wm.progress_begin(0, views)
-            try:
-                capture = capture_turntable(obj, views=views, resolution=int(settings.resolution),
-                                            elevation_deg=float(settings.elevation), settings=settings.render_settings(),
-                                            send_vertices=settings.transfer_motion,
-                                            progress=lambda i, n: wm.progress_update(i))
-            finally:
-                wm.progress_end()
-        except (CaptureError, ClipError) as exc:
+        except ClipError as exc:
             session._notify("ERROR", "Cannot start: " + exc.message, "", exc.field)
-            return {"CANCELLED"}
+            return None
+        steps = iter_capture_turntable(obj, views=int(settings.views), resolution=int(settings.resolution),
+                                       elevation_deg=float(settings.elevation), settings=settings.render_settings(),
+                                       send_vertices=settings.transfer_motion)
+        session.notice = None
+        session.rendering = (0, int(settings.views))
+        return steps, reference
+
+    def _submit(self, context, session, capture, reference):
+        settings = context.scene.dsquare
+        limits = session.welcome.limits if session.welcome is not None else None
         vertices = capture.vertices
         if vertices is not None and limits is not None and vertices.shape[0] > limits.max_vertices:
             session._notify("WARNING", "Your mesh is too dense for motion transfer: only the point cloud will come back",
@@ -164,9 +235,10 @@ class DSQUARE_OT_generate(bpy.types.Operator):
         submit = pmsg.Submit(job_id=pmsg.new_job_id(), mode=settings.mode, turntable=capture.images,
                              cameras=pmsg.Cameras.from_rig(capture.rig), options=settings.options(),
                              reference=reference, vertices=vertices)
-        if not session.start_job(submit, capture, settings.import_prefs(), settings.server, context.scene):
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"D²: generating motion for '{obj.name}'…")
+        with reporting_to(session, self):
+            if not session.start_job(submit, capture, settings.import_prefs(), settings.server, context.scene):
+                return {"CANCELLED"}
+        self.report({"INFO"}, f"D²: generating motion for '{capture.object_name}'…")
         return {"FINISHED"}
 
 

@@ -40,10 +40,17 @@ def draw_notice(layout, notice) -> None:
     box.operator("dsquare.dismiss", icon="X")
 
 
+def progress_factor(session) -> float:
+    if session.rendering is not None:
+        done, total = session.rendering
+        return min(1.0, done / max(1, total))
+    return float(session.job.factor) if session.job is not None else 0.0
+
+
 def draw_progress(layout, session, with_cancel: bool = True) -> None:
     job = session.job
-    layout.progress(factor=float(job.factor), type="BAR", text=session.status_text() or "Working…")
-    if job.message:
+    layout.progress(factor=progress_factor(session), type="BAR", text=session.status_text() or "Working…")
+    if session.rendering is None and job is not None and job.message:
         sub = layout.column()
         sub.enabled = False
         wrapped(sub, job.message)
@@ -250,7 +257,7 @@ def draw_status_bar(self, context):
         return
     row = self.layout.row(align=True)
     row.label(text="D²")
-    row.progress(factor=float(session.job.factor), type="BAR", text=session.status_text() or "Working…")
+    row.progress(factor=progress_factor(session), type="BAR", text=session.status_text() or "Working…")
     row.operator("dsquare.cancel", text="", icon="X")
 
 

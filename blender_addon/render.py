@@ -252,6 +252,21 @@ def render_orbit(objects: Sequence, K: np.ndarray, w2c: np.ndarray, *, settings:
     frame afterwards, so the shared objects show the user's frame again.
     Returns uint8 [V, F, H, W, 4] (F = 1 when frames is None).
     """
+    steps = iter_render_orbit(objects, K, w2c, settings=settings, norm=norm, frames=frames)
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)
+
+
+def iter_render_orbit(objects: Sequence, K: np.ndarray, w2c: np.ndarray, *, settings: RenderSettings,
+                      norm: Normalisation, frames: Sequence[float] | None = None):
+    """``render_orbit`` one image per ``next()``: yields (images done, total); returns the images
+    uint8 [V, F, H, W, 4] as the generator's value. Closing the generator early removes the
+    temporary scene (so a modal operator can render between UI events and stop on Esc)."""
     K = np.asarray(K, dtype=np.float64).reshape(-1, 3, 3)
     w2c = np.asarray(w2c, dtype=np.float64).reshape(-1, 4, 4)
     res = int(settings.resolution)
@@ -259,6 +274,7 @@ def render_orbit(objects: Sequence, K: np.ndarray, w2c: np.ndarray, *, settings:
     current = user_scene.frame_current + user_scene.frame_subframe
     frame_list = [None] if frames is None else list(frames)
     out = np.zeros((w2c.shape[0], len(frame_list), res, res, 4), dtype=np.uint8)
+    total = len(frame_list) * w2c.shape[0]
     try:
         with temporary_scene(objects, settings) as scene:
             for fi, frame in enumerate(frame_list):
@@ -266,11 +282,13 @@ def render_orbit(objects: Sequence, K: np.ndarray, w2c: np.ndarray, *, settings:
                 for v in range(w2c.shape[0]):
                     set_camera(scene, K[v], w2c[v], res, res, norm)
                     out[v, fi] = render_image(scene)
-                    if progress is not None:
-                        progress(fi * w2c.shape[0] + v + 1, len(frame_list) * w2c.shape[0])
+                    yield fi * w2c.shape[0] + v + 1, total
     finally:
         if frames is not None:  # evaluating other frames wrote animated values into the shared objects
-            _set_frame(user_scene, current)
+            try:
+                _set_frame(user_scene, current)
+            except ReferenceError:  # the scene went away meanwhile
+                pass
     return out
 
 

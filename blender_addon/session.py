@@ -195,11 +195,13 @@ class Session:
         self.connect_started = 0.0
         self.lost_since: float | None = None
         self.job: Job | None = None
+        self.rendering: tuple[int, int] | None = None  # (views done, V) while Generate renders the turntable
         self.notice: Notice | None = None
         self.outcome: ImportOutcome | None = None
         self.history: list[Notice] = []
         self.tick_max_s = 0.0
         self.tick_count = 0
+        self.tick_log: list[tuple[str, float, float]] | None = None  # (phase, wall s, CPU s) per tick when a list
         self._importer: ResultImporter | None = None
         self._import_steps = None
         self._pending_result = None
@@ -208,7 +210,7 @@ class Session:
 
     @property
     def busy(self) -> bool:
-        return self.job is not None and self.job.active
+        return self.rendering is not None or (self.job is not None and self.job.active)
 
     @property
     def ui_state(self) -> str:
@@ -227,6 +229,8 @@ class Session:
 
     def status_text(self) -> str:
         """One line for the panel and the status bar: stage, step, ETA."""
+        if self.rendering is not None:
+            return f"Rendering the turntable {self.rendering[0]}/{self.rendering[1]}"
         job = self.job
         if job is None or not job.active:
             return ""
@@ -383,7 +387,11 @@ class Session:
         return True
 
     def cancel(self) -> None:
-        """Cancel the job at any point: not yet sent, queued, running, or being imported."""
+        """Cancel the job at any point: turntable rendering, not yet sent, queued, running, or being imported."""
+        if self.rendering is not None:
+            self.rendering = None  # the Generate operator sees it at its next step and stops
+            self._notify("INFO", "Generation cancelled: nothing was imported")
+            return
         job = self.job
         if job is None or not job.active:
             return
@@ -422,6 +430,8 @@ class Session:
     def poll_step(self, budget_s: float | None = None) -> None:
         """One timer tick: handle what arrived, then import for at most ``budget_s`` seconds."""
         t0 = time.perf_counter()
+        c0 = time.thread_time()
+        phase_before = self.job.phase if self.job is not None else ""
         budget = self.tick_budget_s if budget_s is None else budget_s
         deadline = t0 + budget
         try:
@@ -440,6 +450,8 @@ class Session:
                 self._importer = self._import_steps = None
             self._fail("dsquare hit an unexpected error (a bug: please report it)", repr(exc))
         dt = time.perf_counter() - t0
+        if self.tick_log is not None:
+            self.tick_log.append((phase_before, dt, time.thread_time() - c0))
         self.tick_count += 1
         self.tick_max_s = max(self.tick_max_s, dt)
         if self.job is not None and (self.job.active or self.job.phase in ("finished", "failed", "cancelled")):

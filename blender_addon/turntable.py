@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from .render import Normalisation, RenderSettings, bounding_sphere_normalisation, render_orbit
+from .render import Normalisation, RenderSettings, bounding_sphere_normalisation, iter_render_orbit
 from ._protocol import cameras as pcameras
 
 MESH_LIKE = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
@@ -94,6 +94,21 @@ def capture_turntable(obj, *, views: int, resolution: int, elevation_deg: float,
 
     The object, the user's scene (frame, selection, render settings, file paths) are left as they were.
     """
+    steps = iter_capture_turntable(obj, views=views, resolution=resolution, elevation_deg=elevation_deg,
+                                   settings=settings, send_vertices=send_vertices)
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)
+
+
+def iter_capture_turntable(obj, *, views: int, resolution: int, elevation_deg: float, settings: RenderSettings,
+                           send_vertices: bool = True):
+    """``capture_turntable`` one view per ``next()``: yields (views done, V), returns the Capture.
+    Raises CaptureError (before rendering anything) for an object that cannot be captured."""
     check_object(obj)
     depsgraph = bpy.context.evaluated_depsgraph_get()
     local = evaluated_local_vertices(obj, depsgraph)
@@ -111,9 +126,10 @@ def capture_turntable(obj, *, views: int, resolution: int, elevation_deg: float,
         raise CaptureError("views", str(exc)) from None
     settings = RenderSettings(resolution=int(resolution), engine=settings.engine, samples=settings.samples,
                               color_type=settings.color_type, extra=dict(settings.extra))
-    images = render_orbit([obj], rig.K, rig.w2c, settings=settings, norm=norm, progress=progress)[:, 0]
     scene = bpy.context.scene
+    frame = scene.frame_current + scene.frame_subframe
     vertices = norm.to_normalised(world).astype(np.float32) if send_vertices else None
-    return Capture(object_name=obj.name, matrix_world=mw, norm=norm, rig=rig, images=images, vertices=vertices,
-                   local_vertices=local.astype(np.float32), frame=scene.frame_current + scene.frame_subframe,
-                   settings=settings)
+    name = obj.name
+    images = yield from iter_render_orbit([obj], rig.K, rig.w2c, settings=settings, norm=norm)
+    return Capture(object_name=name, matrix_world=mw, norm=norm, rig=rig, images=images[:, 0], vertices=vertices,
+                   local_vertices=local.astype(np.float32), frame=frame, settings=settings)
