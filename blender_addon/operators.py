@@ -354,6 +354,27 @@ class DSQUARE_OT_bake_pc2(bpy.types.Operator, ExportHelper):
         return {"FINISHED"}
 
 
+class DSQUARE_OT_show_colours(bpy.types.Operator):
+    """Switch this window's 3D views to Material Preview, where the point cloud shows its per-point
+    colours (Solid shading shows their average)"""
+
+    bl_idname = "dsquare.show_colours"
+    bl_label = "Show Point Colours"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context):
+        count = 0
+        screen = context.screen
+        for area in (screen.areas if screen is not None else []):
+            if area.type == "VIEW_3D":
+                for space in area.spaces:
+                    if space.type == "VIEW_3D":
+                        space.shading.type = "MATERIAL"
+                        count += 1
+        self.report({"INFO"}, f"Material Preview in {count} 3D view(s)")
+        return {"FINISHED"}
+
+
 class DSQUARE_OT_add_sample(bpy.types.Operator):
     """Add dsquare's sample mesh (a small flower) at the 3D cursor, to try the add-on"""
 
@@ -368,4 +389,5 @@ class DSQUARE_OT_add_sample(bpy.types.Operator):
 
 
 CLASSES = (DSQUARE_OT_report, DSQUARE_OT_connect, DSQUARE_OT_disconnect, DSQUARE_OT_dismiss, DSQUARE_OT_fit_to_backend,
-           DSQUARE_OT_generate, DSQUARE_OT_cancel, DSQUARE_OT_bake_alembic, DSQUARE_OT_bake_pc2, DSQUARE_OT_add_sample)
+           DSQUARE_OT_generate, DSQUARE_OT_cancel, DSQUARE_OT_bake_alembic, DSQUARE_OT_bake_pc2, DSQUARE_OT_show_colours,
+           DSQUARE_OT_add_sample)

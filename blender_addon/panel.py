@@ -245,6 +245,7 @@ class VIEW3D_PT_dsquare_result(DSquarePanel, bpy.types.Panel):
                                f"at {scene.render.fps / scene.render.fps_base:g} fps", icon="TIME")
                 for key, value in sorted(job.metrics.items())[:4]:
                     col.label(text=f"{key}: {value:.4g}", icon="BLANK1")
+        layout.operator("dsquare.show_colours", icon="SHADING_TEXTURE")
         row = layout.row(align=True)
         row.operator("dsquare.bake_alembic", icon="EXPORT")
         row.operator("dsquare.bake_pc2", icon="MOD_MESHDEFORM")

@@ -253,3 +253,29 @@ def test_legacy_wheels_unpack_and_import(tmp_path):
     out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[] unpacked pyzmq unpacked msgpack"
+
+
+def test_point_cloud_material_renders_the_point_colours():
+    """Left half red points, right half blue: a Cycles render of the imported point cloud shows them."""
+    from blender_addon import render
+    from blender_addon.importer import ImportSpec, ResultImporter
+    from protocol.cameras import orbit_rig
+
+    fresh_file()
+    rng = np.random.default_rng(0)
+    N = 400
+    pts = rng.uniform(-0.7, 0.7, (N, 3)).astype(np.float32)
+    pts[:, 1] = 0.0
+    colors = np.where(pts[:, :1] < 0, [[255, 0, 0]], [[0, 0, 255]]).astype(np.uint8)
+    spec = ImportSpec(name="T", centers=pts[None], colors=colors, opacities=np.ones(N, np.float32),
+                      scales=np.full((N, 3), 0.06, np.float32), vertices=None, frame_of=np.array([1.0]),
+                      matrix_world=np.eye(4), to_local=lambda p: np.asarray(p, np.float64), local_scale=1.0,
+                      set_frame_range=False)
+    pc = bpy.data.objects[ResultImporter(spec).run().point_cloud]
+    rig = orbit_rig(1, 48, elevation_deg=0.0)
+    img = render.render_orbit([pc], rig.K, rig.w2c, norm=render.Normalisation((0.0, 0.0, 0.0), 1.0),
+                              settings=render.RenderSettings(resolution=48, engine="CYCLES", samples=4))[0, 0]
+    left, right = img[:, :20], img[:, 28:]
+    assert (img[..., 3] > 200).mean() > 0.1
+    np.testing.assert_allclose(left[left[..., 3] > 200][:, :3].mean(0), [255, 0, 0], atol=8)
+    np.testing.assert_allclose(right[right[..., 3] > 200][:, :3].mean(0), [0, 0, 255], atol=8)

@@ -128,6 +128,9 @@ def test_panel_draws_in_every_state(addon):
         assert "dsquare.bake_alembic" in _texts(calls, "operator") and "dsquare.bake_pc2" in _texts(calls, "operator")
         assert any("4 frames" in t for t in _texts(calls, "label"))
         assert "D² Turntable" in _texts(calls, "label") and "D² Matrix" in _texts(calls, "label")
+        assert bpy.ops.dsquare.show_colours() == {"FINISHED"}
+        views = [sp for a in context.screen.areas if a.type == "VIEW_3D" for sp in a.spaces if sp.type == "VIEW_3D"]
+        assert views and all(sp.shading.type == "MATERIAL" for sp in views)
     assert set(seen) == {"disconnected", "connecting", "connected", "running", "finished", "error"}
     # the Advanced sub-panel draws every schedule's parameters
     for schedule in ("logistic", "constant", "linear", "cosine"):
