@@ -201,7 +201,7 @@ class Session:
         self.history: list[Notice] = []
         self.tick_max_s = 0.0
         self.tick_count = 0
-        self.tick_log: list[tuple[str, float, float]] | None = None  # (phase, wall s, CPU s) per tick when a list
+        self.tick_log: list[tuple[str, float, float]] | None = None  # (phase, wall s, CPU s) per tick, when a list
         self._importer: ResultImporter | None = None
         self._import_steps = None
         self._pending_result = None
@@ -451,7 +451,9 @@ class Session:
             self._fail("dsquare hit an unexpected error (a bug: please report it)", repr(exc))
         dt = time.perf_counter() - t0
         if self.tick_log is not None:
-            self.tick_log.append((phase_before, dt, time.thread_time() - c0))
+            phase_after = self.job.phase if self.job is not None else ""
+            label = phase_before if phase_after == phase_before else f"{phase_before}>{phase_after}"
+            self.tick_log.append((label, dt, time.thread_time() - c0))
         self.tick_count += 1
         self.tick_max_s = max(self.tick_max_s, dt)
         if self.job is not None and (self.job.active or self.job.phase in ("finished", "failed", "cancelled")):
