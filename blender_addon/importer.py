@@ -356,7 +356,9 @@ class ResultImporter:
             scene.frame_end = max(last, first)
 
     def _select(self, scene, names) -> None:
-        view_layer = bpy.context.view_layer if bpy.context.scene == scene else scene.view_layers[0]
+        view_layer = getattr(bpy.context, "view_layer", None)
+        if view_layer is None or bpy.context.scene != scene:  # e.g. a timer without a window context
+            view_layer = scene.view_layers[0]
         for ob in scene.objects:
             if ob.select_get(view_layer=view_layer):
                 ob.select_set(False, view_layer=view_layer)

@@ -114,6 +114,7 @@ class Job:
     cancel_requested_at: float | None = None
     tick_max_s: float = 0.0
     result_frames: int = 0
+    released: bool = False
     metrics: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
 
@@ -413,6 +414,18 @@ class Session:
         job.cancel_requested_at = time.monotonic()
         self._tag_redraw()
 
+    def _release(self, job: Job) -> None:
+        """A finished job keeps only what the panel shows: the images, the sent arrays and the
+        client's copy of the result (which can be large) are let go."""
+        job.released = True
+        if self.client is not None:
+            try:
+                self.client.forget(job.job_id)
+            except Exception:
+                pass
+        job.capture.images = None
+        job.submit.turntable = job.submit.reference = job.submit.vertices = None
+
     def _finish_cancelled(self) -> None:
         if self.job is not None:
             self.job.phase = "cancelled"
@@ -443,6 +456,8 @@ class Session:
                 self._check_timeouts()
             if self._import_steps is not None:
                 self._advance_import(deadline)
+            if self.job is not None and not self.job.active and not self.job.released:
+                self._release(self.job)
         except Exception as exc:  # never let the timer die silently
             traceback.print_exc()
             if self._importer is not None:

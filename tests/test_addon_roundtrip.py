@@ -211,6 +211,32 @@ def test_reference_clip_goes_out_as_video_mode(session, tmp_path):
     assert session.job.phase == "finished"
 
 
+def test_keep_scene_fps_spreads_the_keys_and_a_deleted_original_still_gets_its_point_cloud(session):
+    flower = samples.add_sample(bpy.context)
+    scene = bpy.context.scene
+    scene.render.fps, scene.frame_start = 24, 10
+    with FakeBackend(steps=2, step_s=0.01) as fb:
+        st = _settings(fb.endpoint, frames=4, fps=8.0)
+        st.match_scene_fps = False
+        assert bpy.ops.dsquare.generate() == {"FINISHED"}
+        bpy.data.objects.remove(flower)  # the artist deletes the original while the backend works
+        drive(session, lambda: not session.busy, timeout=20)
+    assert session.job.phase == "finished"
+    res = fb.results[session.job.job_id]
+    out = session.outcome
+    assert out.animated_mesh == "" and "no longer exists" in out.warnings[0]
+    assert session.notice.level == "WARNING"
+    assert (scene.render.fps, scene.frame_start, scene.frame_end) == (24, 10, 19)  # 4 frames at 8 fps = 9 scene frames
+    pc = bpy.data.objects[out.point_cloud]
+    norm = session.job.capture.norm
+    for f, frame in enumerate((10, 13, 16, 19)):
+        scene.frame_set(frame)
+        np.testing.assert_allclose(norm.to_normalised(_world_points(pc, "points")), res.centers[f], atol=2e-5)
+    scene.frame_set(11)  # a third of the way from generated frame 0 to 1
+    np.testing.assert_allclose(norm.to_normalised(_world_points(pc, "points")),
+                               res.centers[0] * 2 / 3 + res.centers[1] / 3, atol=2e-5)
+
+
 # ----------------------------------------------------------------------------------------- errors
 
 
@@ -436,7 +462,8 @@ def _live_round_trip(session, server: LiveServer, frames: int, timeout: float):
 def test_live_server_simulated_runner(session):
     with LiveServer("--runner", "simulated", "--sim-step", "0.01") as server:
         job = _live_round_trip(session, server, frames=4, timeout=120)
-    assert job.capture.images.shape[1] == 576  # the simulated model set's resolution
+    assert bpy.context.scene.dsquare.resolution == 576  # fitted to the simulated model set's limits
+    assert job.released and job.capture.images is None  # big arrays let go once imported
     assert "Traceback" not in server.err
 
 
