@@ -138,6 +138,10 @@ class DSQUARE_OT_generate(bpy.types.Operator):
             except (CaptureError, ClipError) as exc:
                 session._notify("ERROR", "Cannot start: " + exc.message, "", exc.field)
                 return {"CANCELLED"}
+            except Exception as exc:  # a render that fails: say so, leave nothing behind
+                steps.close()
+                session._notify("ERROR", "The turntable could not be rendered", repr(exc), "render")
+                return {"CANCELLED"}
             finally:
                 wm.progress_end()
                 session.rendering = None
@@ -173,7 +177,9 @@ class DSQUARE_OT_generate(bpy.types.Operator):
             self.report({"INFO"}, "D²: turntable cancelled")
             return {"CANCELLED"}
         if event.type != "TIMER" or event.timer is not self._timer:
-            return {"RUNNING_MODAL"}  # the window keeps redrawing; the scene stays as it is meanwhile
+            # other input waits: the object must not change under the camera while the views render
+            # (the window still redraws; Esc cancels)
+            return {"RUNNING_MODAL"}
         with reporting_to(session, self):
             try:
                 done, total = next(self._steps)
@@ -183,6 +189,11 @@ class DSQUARE_OT_generate(bpy.types.Operator):
             except (CaptureError, ClipError) as exc:
                 self._finish_modal(context)
                 session._notify("ERROR", "Cannot start: " + exc.message, "", exc.field)
+                return {"CANCELLED"}
+            except Exception as exc:  # never leave the modal handler and its timer behind
+                self._steps.close()
+                self._finish_modal(context)
+                session._notify("ERROR", "The turntable could not be rendered", repr(exc), "render")
                 return {"CANCELLED"}
         session.rendering = (done, total)
         context.window_manager.progress_update(done)

@@ -231,7 +231,7 @@ class Session:
     def status_text(self) -> str:
         """One line for the panel and the status bar: stage, step, ETA."""
         if self.rendering is not None:
-            return f"Rendering the turntable {self.rendering[0]}/{self.rendering[1]}"
+            return f"Rendering the turntable {self.rendering[0]}/{self.rendering[1]} (Esc cancels)"
         job = self.job
         if job is None or not job.active:
             return ""

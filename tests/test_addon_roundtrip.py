@@ -260,6 +260,26 @@ def test_no_mesh_selected(session):
     assert datablock_counts() == counts
 
 
+def test_a_failing_render_is_reported_and_leaves_no_temporary_scene(session, monkeypatch):
+    from blender_addon import render
+
+    samples.add_sample(bpy.context)
+    counts = datablock_counts()
+    calls = []
+
+    def broken(scene, path=None):
+        calls.append(scene.name)
+        if len(calls) == 2:
+            raise RuntimeError("GPU lost (test)")
+        return np.zeros((32, 32, 4), np.uint8)
+
+    monkeypatch.setattr(render, "render_image", broken)
+    _settings("tcp://127.0.0.1:9")
+    _generate_expecting_error("The turntable could not be rendered")
+    assert "GPU lost (test)" in session.notice.detail and not session.busy and session.client is None
+    assert datablock_counts() == counts  # the temporary scene, its camera and world are gone
+
+
 def test_backend_unreachable(session, capfd):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
