@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import blender_addon  # noqa: E402
 from addon_helpers import datablock_counts, drive, fresh_file, mesh_digest, scene_snapshot  # noqa: E402
 from blender_addon import bake, importer, samples, session as session_mod  # noqa: E402
 from blender_addon.importer import srgb_to_linear  # noqa: E402
-from fake_backend import FakeBackend, fake_limits, known_motion  # noqa: E402
+from fake_backend import FakeBackend, known_motion  # noqa: E402
 
 pytestmark = pytest.mark.blender
 ROOT = Path(__file__).resolve().parents[1]
