@@ -290,6 +290,23 @@ def result_objects(context) -> tuple[list, object | None]:
     return objects, mesh
 
 
+def animation_range(objects, scene) -> tuple[int, int]:
+    """The frames the D² objects' keyed shape keys span (the scene's range when none are keyed)."""
+    import math
+
+    lo = hi = None
+    for ob in objects:
+        key = ob.data.shape_keys if ob.type == "MESH" else None
+        action = key.animation_data.action if key is not None and key.animation_data is not None else None
+        if action is not None:
+            a, b = action.frame_range
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+    if lo is None:
+        return int(scene.frame_start), int(scene.frame_end)
+    return int(math.floor(lo)), int(math.ceil(hi))
+
+
 def default_bake_path(name: str, ext: str) -> str:
     safe = bpy.path.clean_name(name) or "dsquare"
     if bpy.data.filepath:
@@ -298,7 +315,7 @@ def default_bake_path(name: str, ext: str) -> str:
 
 
 class DSQUARE_OT_bake_alembic(bpy.types.Operator, ExportHelper):
-    """Export the animated point cloud and mesh to an Alembic file (one sample per frame of the scene range)"""
+    """Export the animated point cloud and mesh to an Alembic file (one sample per frame of the animation)"""
 
     bl_idname = "dsquare.bake_alembic"
     bl_label = "Bake Alembic"
@@ -319,13 +336,13 @@ class DSQUARE_OT_bake_alembic(bpy.types.Operator, ExportHelper):
         objects, mesh = result_objects(context)
         if not self.filepath:
             self.filepath = default_bake_path((mesh or objects[0]).name, ".abc")
-        scene = context.scene
+        first, last = animation_range(objects, context.scene)
         try:
-            bake.export_alembic(objects, bpy.path.abspath(self.filepath), scene.frame_start, scene.frame_end)
+            bake.export_alembic(objects, bpy.path.abspath(self.filepath), first, last)
         except bake.BakeError as exc:
             self.report({"ERROR"}, f"Alembic bake failed: {exc.message}")
             return {"CANCELLED"}
-        self.report({"INFO"}, f"Baked {len(objects)} object(s), frames {scene.frame_start}-{scene.frame_end}, to {self.filepath}")
+        self.report({"INFO"}, f"Baked {len(objects)} object(s), frames {first}-{last}, to {self.filepath}")
         return {"FINISHED"}
 
 
@@ -354,13 +371,14 @@ class DSQUARE_OT_bake_pc2(bpy.types.Operator, ExportHelper):
             self.filepath = default_bake_path(mesh.name, ".pc2")
         scene = context.scene
         path = bpy.path.abspath(self.filepath)
+        first, last = animation_range([mesh], scene)
         try:
-            cache = bake.bake_pc2(mesh, path, scene.frame_start, scene.frame_end, scene)
+            cache = bake.bake_pc2(mesh, path, first, last, scene)
         except (bake.BakeError, OSError) as exc:
             self.report({"ERROR"}, f"PC2 bake failed: {getattr(exc, 'message', exc)}")
             return {"CANCELLED"}
         if self.add_modifier:
-            bake.attach_pc2(mesh, self.filepath, scene.frame_start)
+            bake.attach_pc2(mesh, self.filepath, first)
         self.report({"INFO"}, f"Baked {cache.positions.shape[0]} frames x {cache.positions.shape[1]} vertices to {self.filepath}")
         return {"FINISHED"}
 

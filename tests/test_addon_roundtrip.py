@@ -210,7 +210,7 @@ def test_reference_clip_goes_out_as_video_mode(session, tmp_path):
     assert session.job.phase == "finished"
 
 
-def test_keep_scene_fps_spreads_the_keys_and_a_deleted_original_still_gets_its_point_cloud(session):
+def test_keep_scene_fps_spreads_the_keys_and_a_deleted_original_still_gets_its_point_cloud(session, tmp_path):
     flower = samples.add_sample(bpy.context)
     scene = bpy.context.scene
     scene.render.fps, scene.frame_start = 24, 10
@@ -234,6 +234,12 @@ def test_keep_scene_fps_spreads_the_keys_and_a_deleted_original_still_gets_its_p
     scene.frame_set(11)  # a third of the way from generated frame 0 to 1
     np.testing.assert_allclose(norm.to_normalised(_world_points(pc, "points")),
                                res.centers[0] * 2 / 3 + res.centers[1] / 3, atol=2e-5)
+    scene.frame_start, scene.frame_end = 1, 250  # the artist moved the range: bakes follow the animation
+    bpy.context.view_layer.objects.active = pc
+    assert bpy.ops.dsquare.bake_alembic(filepath=str(tmp_path / "keep.abc")) == {"FINISHED"}
+    from blender_addon.operators import animation_range
+
+    assert animation_range([pc], scene) == (10, 19)
 
 
 # ----------------------------------------------------------------------------------------- errors
