@@ -15,13 +15,13 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from backend.errors import Cancelled, InvalidInput
+from backend.errors import InvalidInput
+from backend.jobs import Reporter
 from backend.models.base import ModelSet
 from backend.sampling.compose import VRS, Known, sample_matrix
 from backend.sampling.schedules import karras_sigmas, schedule_from_options
@@ -30,12 +30,6 @@ from protocol.messages import Result, Submit
 
 PREVIEW_INTERVAL_S = 1.0
 THUMBNAIL_MAX_SIDE = 128
-
-
-class Reporter(Protocol):
-    def progress(self, stage: str, step: int, total: int, message: str = "") -> None: ...
-
-    def preview(self, kind: str, images: np.ndarray) -> None: ...
 
 
 class NullReporter:
