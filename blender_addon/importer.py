@@ -334,8 +334,11 @@ class ResultImporter:
             if ob is not None:
                 ob.hide_set(was_hidden)
 
+        try:
+            source.hide_set(True)
+        except RuntimeError:  # not in the active view layer: nothing to hide
+            return
         self._restore.append(restore)
-        source.hide_set(True)
 
     def _scene_settings(self, scene) -> None:
         spec = self.spec
