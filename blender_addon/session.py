@@ -117,6 +117,7 @@ class Job:
     released: bool = False
     metrics: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    thumbnails: np.ndarray | None = None  # the generated matrix, small: uint8 [V, F, h, w, 3]
 
     @property
     def job_id(self) -> str:
@@ -599,6 +600,8 @@ class Session:
         job = self.job
         job.result_frames = int(result.centers.shape[0])
         job.metrics, job.timings = dict(result.metrics), dict(result.timings)
+        if result.thumbnails is not None:
+            job.thumbnails = np.array(result.thumbnails, dtype=np.uint8)  # own copy: small, kept for reports
         try:
             spec = self.import_spec(job, result)
             scene = bpy.data.scenes.get(job.scene_name) or bpy.context.scene
