@@ -25,6 +25,8 @@ Options (all optional):
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -38,7 +40,7 @@ from backend.models.stability_encoders import ClipImageEncoder, ConditionEncoder
 from backend.models.sv3d import SV3D_COND_AUG, SV3D_GUIDANCE, SV3D_P_PARAMS, SV3D_VIEWS, SV3DDenoiser, load_sv3d_unet
 from backend.models.svd import (
     DEFAULT_COND_AUG, DEFAULT_FPS_ID, DEFAULT_MOTION_BUCKET_ID, SVD_GUIDANCE, SVD_XT_GUIDANCE, SVDDenoiser,
-    load_svd_unet,
+    hub_kwargs, load_svd_unet,
 )
 
 KNOWN_OPTIONS = {
@@ -61,8 +63,9 @@ def load_svd_sv3d(device: str = "cuda", checkpoints: str | None = None, **option
 
     svd_source, how = resolve_svd(checkpoints, options.get("svd"))
     try:
-        video_net = load_svd_unet(svd_source, dtype=dtype, device=device, local_files_only=local_only)
-        vae, clip = _load_svd_encoders(svd_source, dtype, device, local_only)
+        with _quiet_diffusers():
+            video_net = load_svd_unet(svd_source, dtype=dtype, device=device, local_files_only=local_only)
+            vae, clip = _load_svd_encoders(svd_source, dtype, device, local_only)
     except InvalidInput:
         raise
     except (OSError, ValueError, EnvironmentError) as exc:
@@ -116,12 +119,28 @@ def load_svd_sv3d(device: str = "cuda", checkpoints: str | None = None, **option
                     limits=limits, device=str(device), sigma_min=0.002, sigma_max=700.0, info=info)
 
 
+@contextmanager
+def _quiet_diffusers():
+    """Silence diffusers' loading chatter (the accelerate hint, a deprecated hub argument) for one load."""
+    import logging
+
+    logger = logging.getLogger("diffusers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _load_svd_encoders(source: str, dtype: torch.dtype, device: str, local_only: bool):
     from diffusers import AutoencoderKLTemporalDecoder
     from transformers import CLIPVisionModelWithProjection
 
     vae = AutoencoderKLTemporalDecoder.from_pretrained(source, subfolder="vae", torch_dtype=dtype,
-                                                       local_files_only=local_only).to(device)
+                                                       **hub_kwargs(local_only)).to(device)
     clip = CLIPVisionModelWithProjection.from_pretrained(source, subfolder="image_encoder", dtype=dtype,
                                                          local_files_only=local_only).to(device)
     return vae.eval(), clip.eval()

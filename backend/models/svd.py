@@ -75,7 +75,7 @@ def load_svd_unet(source: str, *, dtype: torch.dtype = torch.float32, device: st
     from diffusers import UNetSpatioTemporalConditionModel
 
     unet = UNetSpatioTemporalConditionModel.from_pretrained(source, subfolder="unet", torch_dtype=dtype,
-                                                            **_hub_kwargs(local_files_only))
+                                                            **hub_kwargs(local_files_only))
     widths = (int(unet.config.addition_time_embed_dim),) * 3
     if sum(widths) != int(unet.config.projection_class_embeddings_input_dim):
         raise InvalidInput("svd", f"{source}: not an SVD UNet (vector input "
@@ -87,7 +87,11 @@ def load_svd_unet(source: str, *, dtype: torch.dtype = torch.float32, device: st
     return VideoUNet(unet if str(device) == "cpu" else unet.to(device), widths).eval()
 
 
-def _hub_kwargs(local_files_only: bool | None) -> dict[str, Any]:
+def hub_kwargs(local_files_only: bool | None) -> dict[str, Any]:
+    """from_pretrained kwargs: hub access as HF_HUB_OFFLINE says; low-memory loading only with accelerate."""
+    import importlib.util
+
     from backend.models.hub import offline
 
-    return {"local_files_only": offline() if local_files_only is None else bool(local_files_only)}
+    return {"local_files_only": offline() if local_files_only is None else bool(local_files_only),
+            "low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
