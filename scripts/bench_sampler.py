@@ -201,14 +201,19 @@ def main(argv=None) -> int:
     guidance = not args.no_guidance
     hw = R // 8
     evals = N + min(cfg["vrs_steps"], N) * (cfg["vrs_repeats"] - 1)
-    mult = 2 if guidance else 1
+    from backend.models.sv3d import SV3D_GUIDANCE
+    from backend.models.svd import SVD_XT_GUIDANCE
+
+    # network passes per sequence: 2 where classifier-free guidance is active (it is not for a 2-view triangle)
+    mult_rows = 2 if guidance and SVD_XT_GUIDANCE.active(F) else 1
+    mult_cols = 2 if guidance and SV3D_GUIDANCE.active(V) else 1
 
     print(f"[bench] config {cfg_name}: {V} views x {F} frames, {R}x{R} px ({hw}x{hw} latent), {N} steps, "
           f"VRS {cfg['vrs_steps']}x{cfg['vrs_repeats']} -> {evals} composed evaluations, guidance {guidance}")
     t = time.perf_counter()
     flops_svd = count_flops(cfg["arch"], F, hw, 0)  # one SVD-XT sequence (a row)
     flops_sv3d = count_flops(cfg["arch"], V, hw, 1)  # one SV3D_p sequence (a column)
-    step_flops = mult * (V * flops_svd + F * flops_sv3d)
+    step_flops = mult_rows * V * flops_svd + mult_cols * F * flops_sv3d
     print(f"[bench] network FLOPs: SVD-XT row {_fmt(flops_svd)}, SV3D_p column {_fmt(flops_sv3d)}, "
           f"composed step {_fmt(step_flops)}, stage one {_fmt(evals * step_flops)} "
           f"(counted in {time.perf_counter() - t:.1f} s)")
@@ -225,7 +230,7 @@ def main(argv=None) -> int:
                                      sv3d_column_gib=est[1] / 2**30, max_batch_80gib=fits)
     print(f"[bench] memory estimate (bf16): UNet weights {weights_gib:.1f} GiB; activations per SVD-XT row "
           f"{est[0] / 2**30:.2f} GiB, per SV3D_p column {est[1] / 2**30:.2f} GiB -> on an 80 GiB GPU "
-          f"max_batch {fits[0]} rows / {fits[1]} columns per call ({mult * V} / {mult * F} sequences per step)")
+          f"max_batch {fits[0]} rows / {fits[1]} columns per call ({mult_rows * V} / {mult_cols * F} sequences per step)")
     peak, device_name = peak_tflops(args.device)
     result["device_name"], result["peak_tflops"] = device_name, peak
     ref_name, ref_peak = (device_name, peak) if peak else ("an H100 SXM (dense bf16)", 989.4)
@@ -242,6 +247,22 @@ def main(argv=None) -> int:
                   max_batch=dict(video=video.max_batch, multiview=multiview.max_batch))
     print(f"[bench] built on {args.device} ({result['dtype']}) in {result['build_s']:.1f} s; "
           f"max_batch video {video.max_batch}, multi-view {multiview.max_batch}")
+
+    if torch.device(args.device).type == "cuda":  # the activation estimate against the allocator's peak
+        from backend.models.memory import measure_sequence_bytes
+
+        def run_rows(n):
+            net = video.net
+            x = torch.zeros(n * F, net.in_channels, hw, hw, device=args.device)
+            with torch.no_grad():
+                net.run(x, torch.zeros(n * F, device=args.device),
+                        torch.zeros(n * F, 1, net.context_dim, device=args.device),
+                        torch.zeros(n * F, len(net.vector_widths), device=args.device), F)
+
+        measured = measure_sequence_bytes(run_rows, (1, 2), args.device)
+        result["measured_svd_row_gib"] = measured / 2**30
+        print(f"[bench] measured activations per SVD-XT row: {measured / 2**30:.2f} GiB "
+              f"(estimate {result['memory_estimate']['svd_row_gib']:.2f} GiB)")
 
     t = time.perf_counter()
     video_conds, mv_conds = conditions(ae, V, F, R, args.device)
@@ -287,7 +308,8 @@ def main(argv=None) -> int:
         result["stage_one_cpu_s"] = time.process_time() - cpu
         bar.close()
         ran = video.sequences + multiview.sequences - seqs
-        assert ran == evals * mult * (V + F), f"expected {evals * mult * (V + F)} sequences, ran {ran}"
+        expected = evals * (mult_rows * V + mult_cols * F)
+        assert ran == expected, f"expected {expected} sequences through the networks, ran {ran}"
         result["stage_one_s"] = stage_s
         result["stage_one_tflops"] = evals * step_flops / stage_s / 1e12
         print(f"[bench] stage one: {stage_s:.1f} s ({stage_s / 60:.2f} min), {_tflops(result['stage_one_tflops'])}"

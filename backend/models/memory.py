@@ -9,7 +9,8 @@ tokens^2 term; with the math kernel (CPU, or half-precision fallbacks) it adds h
     per_sequence_bytes = T * bytes_per_value * (skips + 20 * C0 * h * w [+ heads0 * (h * w)^2])
 
 ``max_batch`` divides the free memory (minus a reserve) by that figure with a safety margin.
-``measure_sequence_bytes`` checks the estimate on a real GPU (the benchmark prints both).
+``measure_sequence_bytes`` checks the estimate on a real GPU (``scripts/bench_sampler.py`` prints
+both on CUDA; not yet run on a GPU).
 """
 
 from __future__ import annotations
