@@ -302,11 +302,13 @@ def run_job(submit: Submit, models: ModelSet, report: Reporter | None = None, ca
     timings["transfer_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
 
-    g = fit.gaussians_per_frame(times)
-    metrics = {k: float(v) for k, v in fit.summary().get("metrics", {}).items() if _is_number(v)}
-    return Result(job_id=submit.job_id, centers=g["centers"].astype(np.float32), colors=g["colors"],
-                  opacities=g["opacities"].astype(np.float32), scales=g["scales"].astype(np.float32),
-                  rotations=g.get("rotations"), thumbnails=thumbnails(stage.images),
+    summary = fit.summary
+    metrics = {"fit_psnr_mean": summary.get("fit_psnr_mean"), "fit_iterations": summary.get("iterations"),
+               "fit_seconds": summary.get("seconds"), "gaussians": fit.num_gaussians}
+    metrics = {k: float(v) for k, v in metrics.items() if _is_number(v)}
+    colours = np.clip(np.round(fit.colours * 255.0), 0, 255).astype(np.uint8)
+    return Result(job_id=submit.job_id, centers=fit.centres, colors=colours, opacities=fit.opacities,
+                  scales=fit.scales, rotations=fit.rotations[0], thumbnails=thumbnails(stage.images),
                   frame_times=(np.arange(F) / float(o.fps)).astype(np.float32), metrics=metrics, timings=timings,
                   vertices=vertices)
 
