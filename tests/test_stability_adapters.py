@@ -12,7 +12,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_stability import FRAMES, RESOLUTION, VIEWS, load_tiny_model_set, random_image, write_checkpoints  # noqa: E402
+from tiny_stability import (  # noqa: E402
+    FRAMES, RESOLUTION, VIEWS, load_tiny_model_set, one_torch_thread, random_image, write_checkpoints,  # noqa: F401
+)
 
 from backend.errors import InvalidInput  # noqa: E402
 from backend.models.base import Cond, EDMScaling, ModelSet  # noqa: E402

@@ -13,6 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from sgm_reference import TINY_SV3D_PARAMS, RefVideoUNet, randomize_, sv3d_vector, timestep_embedding  # noqa: E402
+from tiny_stability import one_torch_thread  # noqa: E402,F401  (autouse fixture)
 
 from backend.errors import InvalidInput  # noqa: E402
 from backend.models.sgm_convert import (  # noqa: E402
