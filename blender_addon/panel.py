@@ -175,7 +175,10 @@ class VIEW3D_PT_dsquare_advanced(DSquarePanel, bpy.types.Panel):
         sub = col.column(align=True)
         sub.enabled = settings.vrs_steps > 0
         sub.prop(settings, "vrs_repeats")
-        layout.prop(settings, "guidance")
+        layout.prop(settings, "use_model_guidance")
+        row = layout.row()
+        row.enabled = not settings.use_model_guidance
+        row.prop(settings, "guidance")
         layout.prop(settings, "fit_iterations")
 
 

@@ -59,7 +59,10 @@ class DSquareSettings(bpy.types.PropertyGroup):
                ("theorem", "Theorem", "rows + columns − one-image marginal")])
     vrs_steps: IntProperty(name="VRS Steps", default=0, min=0, max=1000, description="Repeat the first steps with re-noising (0 = off)")
     vrs_repeats: IntProperty(name="VRS Repeats", default=2, min=1, max=16)
-    guidance: FloatProperty(name="Guidance", default=1.0, min=0.0, max=50.0, description="Classifier-free guidance scale")
+    use_model_guidance: BoolProperty(name="Model's Own Guidance", default=True,
+                                     description="Use each model's own classifier-free guidance (recommended)")
+    guidance: FloatProperty(name="Guidance", default=2.5, min=0.0, max=50.0,
+                            description="Classifier-free guidance scale (1 = off); used when Model's Own Guidance is off")
     fit_iterations: IntProperty(name="Fit Iterations", default=1000, min=0, max=100000,
                                 description="4D Gaussian fitting iterations")
     # Import
@@ -85,7 +88,7 @@ class DSquareSettings(bpy.types.PropertyGroup):
     def options(self) -> "pmsg.Options":
         return pmsg.Options(frames=int(self.frames), steps=int(self.steps), seed=int(self.seed), schedule=self.schedule,
                             schedule_params=self.schedule_params(), combine=self.combine, vrs_steps=int(self.vrs_steps),
-                            vrs_repeats=int(self.vrs_repeats), guidance=float(self.guidance),
+                            vrs_repeats=int(self.vrs_repeats), guidance=None if self.use_model_guidance else float(self.guidance),
                             fit_iterations=int(self.fit_iterations), fps=float(self.fps), previews=True)
 
     def render_settings(self) -> RenderSettings:

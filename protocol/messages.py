@@ -180,7 +180,7 @@ class Options:
     schedule / schedule_params: the multi-view weight schedule (``SCHEDULES``; the paper's logistic
     s0 = 0.5, k = 20 by default); combine: 'convex' (paper) or 'theorem'; vrs_steps / vrs_repeats:
     repeat the first vrs_steps steps vrs_repeats times with re-noising (vrs_steps = 0: off);
-    guidance: classifier-free guidance scale; fit_iterations: 4D Gaussian fitting iterations;
+    guidance: classifier-free guidance scale (None: each model's own, 1: off); fit_iterations: 4D Gaussian fitting iterations;
     fps: frames per second of the generated animation; previews: send Preview messages.
     """
 
@@ -192,7 +192,7 @@ class Options:
     combine: str = "convex"
     vrs_steps: int = 0
     vrs_repeats: int = 2
-    guidance: float = 1.0
+    guidance: float | None = None
     fit_iterations: int = 1000
     fps: float = 8.0
     previews: bool = True

@@ -149,7 +149,8 @@ def check_options(submit: Submit, limits: Limits) -> None:
         raise _limit("options.vrs_steps", f"{o.vrs_steps}; allowed 0..steps ({o.steps}); 0 turns VRS off", f"0..{o.steps}", jid)
     if not 1 <= o.vrs_repeats <= MAX_VRS_REPEATS:
         raise _limit("options.vrs_repeats", f"{o.vrs_repeats}; allowed 1..{MAX_VRS_REPEATS}", f"1..{MAX_VRS_REPEATS}", jid)
-    _in_range("options.guidance", o.guidance, 0.0, MAX_GUIDANCE, jid)
+    if o.guidance is not None:  # None: the models' own guidance
+        _in_range("options.guidance", o.guidance, 0.0, MAX_GUIDANCE, jid)
     if not 0 <= o.fit_iterations <= limits.max_fit_iterations:
         raise _limit("options.fit_iterations", f"{o.fit_iterations}; allowed 0..{limits.max_fit_iterations}",
                      f"0..{limits.max_fit_iterations}", jid)

@@ -231,7 +231,7 @@ def main(argv=None) -> int:
         st.steps, st.vrs_steps, st.fit_iterations = steps, min(vrs_steps, steps), fit_iters
         settings = {k: getattr(st, k) for k in ("views", "frames", "resolution", "elevation", "engine", "steps", "seed",
                                                "schedule", "s0", "k", "combine", "vrs_steps", "vrs_repeats",
-                                               "fit_iterations", "fps", "guidance")}
+                                               "fit_iterations", "fps", "use_model_guidance", "guidance")}
 
         t0 = time.perf_counter()
         if bpy.ops.dsquare.generate() != {"FINISHED"}:
