@@ -109,7 +109,6 @@ def temporary_scene(objects: Sequence, settings: RenderSettings, name: str = "ds
     """
     window = bpy.context.window
     previous = window.scene if window is not None else None
-    had_render_result = any(img.type == "RENDER_RESULT" for img in bpy.data.images)
     scene = bpy.data.scenes.new(name)
     created_objects, created_data = [], []
     try:
@@ -178,9 +177,9 @@ def temporary_scene(objects: Sequence, settings: RenderSettings, name: str = "ds
         for ob in created_objects:
             bpy.data.objects.remove(ob, do_unlink=True)
         bpy.data.scenes.remove(scene)
-        if not had_render_result:  # rendering made a "Render Result" image the user never had
-            for img in [img for img in bpy.data.images if img.type == "RENDER_RESULT"]:
-                bpy.data.images.remove(img)
+        # The "Render Result" image that rendering creates stays, as after any render in Blender: the
+        # render pipeline swaps results in and out of its slots, and a CI run that removed it here segfaulted
+        # in a later render.
         for block in created_data:
             coll = {"World": bpy.data.worlds, "Camera": bpy.data.cameras}.get(type(block).__name__, bpy.data.lights)
             if block.users == 0:

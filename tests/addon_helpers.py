@@ -66,7 +66,8 @@ def scene_snapshot(scene=None) -> dict:
         "scenes": sorted(s.name for s in bpy.data.scenes),
         "objects": sorted(o.name for o in bpy.data.objects),
         "cameras": len(bpy.data.cameras), "lights": len(bpy.data.lights), "worlds": len(bpy.data.worlds),
-        "images": sorted(i.name for i in bpy.data.images if not i.name.startswith("D² ")),
+        "images": sorted(i.name for i in bpy.data.images  # Blender's own render buffer is not the user's
+                         if not i.name.startswith("D² ") and i.type != "RENDER_RESULT"),
     }
 
 
