@@ -51,8 +51,8 @@ def compose_x0(x0_rows: Tensor, x0_cols: Tensor, w: Tensor | None, x0_single: Te
     """
     if x0_single is not None:
         return x0_rows + x0_cols - x0_single
-    w = w.to(x0_rows.dtype).view(-1, 1, 1, 1, 1)
-    return w * x0_cols + (1.0 - w) * x0_rows
+    w = w.to(device=x0_rows.device, dtype=x0_rows.dtype).view(-1, 1, 1, 1, 1)
+    return torch.lerp(x0_rows, x0_cols, w)  # = w * x0_cols + (1 - w) * x0_rows, in one pass
 
 
 def denoise_batched(model: SequenceDenoiser, x: Tensor, sigma: float, conds: Sequence[Cond], max_batch: int | None,
@@ -69,11 +69,13 @@ def denoise_batched(model: SequenceDenoiser, x: Tensor, sigma: float, conds: Seq
             raise RuntimeError(f"{name} model returned shape {tuple(out.shape)} for input {tuple(chunk.shape)}")
         outs.append(out.to(x.dtype))
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
-    if not torch.isfinite(out).all():
-        raise FloatingPointError(f"{name} model returned non-finite x0 at sigma={sigma:.4g}")
+    if not torch.isfinite(out.sum()):  # one reduction; NaN/inf anywhere makes the sum non-finite
+        if not torch.isfinite(out).all():
+            raise FloatingPointError(f"{name} model returned non-finite x0 at sigma={sigma:.4g}")
     return out
 
 
+@torch.no_grad()
 def sample_matrix(
     video: SequenceDenoiser,
     multiview: SequenceDenoiser,
@@ -115,8 +117,8 @@ def sample_matrix(
     Returns:
         the sampled clean latents [V, F, C, h, w].
     """
-    V, F = _validate(video, multiview, x_T, sigmas, video_conds, multiview_conds, weight, combine, element, vrs,
-                     known, max_batch)
+    V, F, weights = _validate(video, multiview, x_T, sigmas, video_conds, multiview_conds, weight, combine, element,
+                              vrs, known, max_batch)
     sig = [float(s) for s in sigmas]
     num_steps = len(sig) - 1
     x = x_T.clone()
@@ -128,7 +130,7 @@ def sample_matrix(
 
     for i in range(num_steps):
         s_cur, s_next = sig[i], sig[i + 1]
-        w = weights_per_view(weight, i, num_steps, V)
+        w = weights[i]
         repeats = vrs.repeats if (vrs is not None and i < vrs.steps) else 1
         for r in range(repeats):
             if cancel is not None and cancel.is_set():
@@ -139,7 +141,8 @@ def sample_matrix(
                         max_batch)
             if known is not None:
                 x0 = torch.where(mask, values, x0)
-            x = x + (s_next - s_cur) / s_cur * (x - x0)  # Euler step of dx/dsigma = (x - x0) / sigma
+            # Euler step of dx/dsigma = (x - x0) / sigma:  x + (s_next - s_cur) * (x - x0) / s_cur
+            x = torch.lerp(x0, x, s_next / s_cur)
             if r < repeats - 1:  # interpolated step: re-noise back to s_cur and take the step again
                 noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
                 x = x + math.sqrt(max(s_cur**2 - s_next**2, 0.0)) * noise
@@ -154,7 +157,7 @@ def _x0_at(video, multiview, element, x, sigma, w, combine, video_conds, multivi
     """Composed x0 for the whole matrix x [V, F, C, h, w] at one noise level."""
     V, F = x.shape[:2]
     theorem = combine == "theorem"
-    need_rows = theorem or bool((w < 1).any())
+    need_rows = theorem or bool((w < 1).any())  # w = 1 everywhere: the video model's x0 has weight 0
     need_cols = theorem or bool((w > 0).any())
     x0_rows = denoise_batched(video, x, sigma, video_conds, max_batch, "video") if need_rows else torch.zeros_like(x)
     if need_cols:
@@ -209,11 +212,11 @@ def _validate(video, multiview, x_T, sigmas, video_conds, multiview_conds, weigh
     _check_conds("video_conds", video_conds, V)
     _check_conds("multiview_conds", multiview_conds, F)
     num_steps = s.numel() - 1
+    weights = [None] * num_steps
     if combine == "convex":
         if not callable(weight) and not isinstance(weight, (int, float)):
             raise InvalidInput("weight", f"expected a number in [0, 1] or a schedule, got {type(weight).__name__}")
-        for i in range(num_steps):
-            weights_per_view(weight, i, num_steps, V)
+        weights = [weights_per_view(weight, i, num_steps, V) for i in range(num_steps)]
     if vrs is not None and (int(vrs.steps) < 0 or int(vrs.repeats) < 1):
         raise InvalidInput("vrs", f"need steps >= 0 and repeats >= 1, got steps={vrs.steps}, repeats={vrs.repeats}")
     if max_batch is not None and (int(max_batch) != max_batch or max_batch < 1):
@@ -230,4 +233,4 @@ def _validate(video, multiview, x_T, sigmas, video_conds, multiview_conds, weigh
         check = getattr(model, "check_sequence", None)
         if check is not None:
             check(length, conds)
-    return V, F
+    return V, F, weights

@@ -99,3 +99,44 @@ def composed_covariance(sigmas: Tensor, row_model, col_model, V: int, F: int, d:
 def relative_error(cov: Tensor, target: Tensor) -> float:
     """Relative Frobenius error ||cov - target|| / ||target||."""
     return float(torch.linalg.norm(cov - target) / torch.linalg.norm(target))
+
+
+def monte_carlo_error(cov: Tensor, n: int) -> float:
+    """Expected Frobenius norm of the error of an n-sample covariance estimate of a zero-mean Gaussian
+    with covariance ``cov``: sqrt(sum_ij (C_ii C_jj + C_ij^2) / n)."""
+    d = torch.diag(cov)
+    return float(((d[:, None] * d[None, :] + cov**2).sum() / n).sqrt())
+
+
+class MatrixNormalProblem:
+    """A V x F matrix of C-vectors with covariance Sigma_views (x) Sigma_frames (x) Sigma_channels.
+
+    Rows and columns of a matrix-normal are exactly its marginals, so the row, column and one-entry
+    models are exact; ``joint`` denoises the whole matrix at once (the exact joint sampler). Views
+    are correlated around a circle (an orbit), frames as an AR(1) process (a video). Latents have
+    shape (C, 1, pixels): each pixel is an independent draw, so one sampler run gives ``pixels`` samples.
+    """
+
+    def __init__(self, V: int = 4, F: int = 5, rho_views: float = 0.7, rho_frames: float = 0.7,
+                 channels: Tensor | None = None, pixels: int = 1):
+        from backend.models.gaussian import GaussianDenoiser, ar1_correlation, circular_correlation
+
+        self.V, self.F = V, F
+        self.channels = channels if channels is not None else torch.tensor([[1.0, 0.3], [0.3, 0.5]], dtype=torch.float64)
+        self.C = self.channels.shape[0]
+        latent = (self.C, 1, pixels)
+        sv, sf = circular_correlation(V, rho_views), ar1_correlation(F, rho_frames)
+        self.target = torch.kron(torch.kron(sv, sf), self.channels)  # ordering (v, f, c)
+        self.rows = GaussianDenoiser(torch.kron(sf, self.channels), F, latent)
+        self.cols = GaussianDenoiser(torch.kron(sv, self.channels), V, latent)
+        self.element = GaussianDenoiser(self.channels, 1, latent)
+        self.joint = GaussianDenoiser(self.target, V * F, (self.C, 1, 1))
+
+    def covariance(self, sigmas: Tensor, **mode) -> Tensor:
+        """Closed-form output covariance; mode = weight=..., element_model=..., or joint_model=..."""
+        return composed_covariance(sigmas, self.rows, self.cols, self.V, self.F, self.C, **mode)
+
+    def empirical(self, samples: Tensor) -> Tensor:
+        """Covariance [N, N] from sampler output [V, F, C, 1, pixels] (zero mean known)."""
+        flat = samples.reshape(self.V * self.F * self.C, -1)
+        return flat @ flat.T / flat.shape[1]

@@ -17,6 +17,7 @@ from backend.models.base import Cond, SequenceDenoiser
 from backend.sampling.compose import VRS, denoise_batched
 
 
+@torch.no_grad()
 def sample_sequences(
     model: SequenceDenoiser,
     x_T: Tensor,
@@ -66,7 +67,7 @@ def sample_sequences(
             x0 = denoise_batched(model, x, sig[i], conds, max_batch, "sequence")
             if mask is not None:
                 x0 = torch.where(mask, values, x0)
-            x = x + (sig[i + 1] - sig[i]) / sig[i] * (x - x0)
+            x = torch.lerp(x0, x, sig[i + 1] / sig[i])  # Euler step
             if r < repeats - 1:
                 eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
                 x = x + math.sqrt(max(sig[i] ** 2 - sig[i + 1] ** 2, 0.0)) * eps
