@@ -56,6 +56,7 @@ class FitOptions:
     lr_opacity: float = 0.05
     lr_scales: float = 0.01
     lr_quats: float = 0.002
+    lr_offsets: float = 1e-3          # per-keyframe residual offsets
     lr_motion: float = 2e-3
     lr_rotation: float = 4e-3
     w_alpha: float = 0.5              # coverage loss when the images carry alpha
@@ -224,7 +225,7 @@ class _Fitter:
         return torch.optim.Adam(
             [
                 {"params": [g.means], "lr": o.lr_means, "name": "means"},
-                {"params": [g.offsets], "lr": o.lr_means, "name": "offsets"},
+                {"params": [g.offsets], "lr": o.lr_offsets, "name": "offsets"},
                 {"params": [g.quats], "lr": o.lr_quats, "name": "quats"},
                 {"params": [g.log_scales], "lr": o.lr_scales, "name": "scales"},
                 {"params": [g.opacity_logits], "lr": o.lr_opacity, "name": "opacity"},
@@ -358,6 +359,10 @@ class _Fitter:
         o = self.opts
         t_start = time.perf_counter()
         g, m = self._init_scene()
+        t_loop = time.perf_counter()
+        # the schedule (learning-rate decay, warm-up, densification window) spans the time left
+        # after the initialisation, so a slow start does not skip the early phases
+        loop_budget = None if o.time_budget_s is None else max(o.time_budget_s - (t_loop - t_start), 1e-3)
         opt = self._optimizer(g, m)
         idx = m.neighbours(g.means)
         snapshot = _Snapshot()
@@ -373,8 +378,8 @@ class _Fitter:
                 raise Cancelled(f"fit cancelled at iteration {it - 1} of {o.iterations}")
             # progress through the budget: iterations or time, whichever is further along
             frac = (it - 1) / max(o.iterations - 1, 1)
-            if o.time_budget_s is not None:
-                frac = max(frac, (time.perf_counter() - t_start) / o.time_budget_s)
+            if loop_budget is not None:
+                frac = max(frac, (time.perf_counter() - t_loop) / loop_budget)
             frac = min(frac, 1.0)
             decay = o.lr_final_ratio ** frac
             warmup = frac < o.canonical_warmup and self.F > 1
@@ -384,11 +389,12 @@ class _Fitter:
                 elif gr["name"] in ("motion", "offsets"):
                     gr["lr"] = base_lr[id(gr)] * decay
             now_active = self._active_frames(frac)
-            if now_active > active and active > 0:
-                with torch.no_grad():  # new keyframes start from the pose of the previous one
-                    for k in range(max(active, 2), now_active):
-                        m.trans[k - 1] = m.trans[k - 2]
-                        m.rotvec[k - 1] = m.rotvec[k - 2]
+            if now_active > active:
+                if active > 0:  # frames added while fitting start from the pose of the previous one
+                    with torch.no_grad():  # (the first activation keeps the tracked initial motion)
+                        for k in range(max(active, 2), now_active):
+                            m.trans[k - 1] = m.trans[k - 2]
+                            m.rotvec[k - 1] = m.rotvec[k - 2]
                 active = now_active
             frames = self._pick_frames(active, warmup)
             out, means_t = self._render(g, m, frames, idx, retain=True)
