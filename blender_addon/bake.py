@@ -23,6 +23,8 @@ from typing import Iterable, Sequence
 import bpy
 import numpy as np
 
+from .render import evaluated_local_vertices
+
 PC2_MAGIC = b"POINTCACHE2\0"
 PC2_HEADER = struct.Struct("<12siiffi")
 
@@ -90,13 +92,7 @@ def sample_local_positions(obj, frames: Sequence[float], scene=None) -> np.ndarr
         for i, frame in enumerate(frames):
             whole = math.floor(frame)
             scene.frame_set(int(whole), subframe=float(frame - whole))
-            ev = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
-            mesh = ev.to_mesh()
-            try:
-                co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
-                mesh.vertices.foreach_get("co", co)
-            finally:
-                ev.to_mesh_clear()
+            co = evaluated_local_vertices(obj).astype(np.float32).reshape(-1)
             if out is None:
                 out = np.empty((len(frames), co.size // 3, 3), dtype=np.float32)
             elif co.size != out.shape[1] * 3:

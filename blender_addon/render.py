@@ -57,19 +57,25 @@ class RenderSettings:
     extra: dict = field(default_factory=dict)
 
 
-def evaluated_vertices(obj, depsgraph=None) -> np.ndarray:
-    """World-space positions [P, 3] of a mesh object's evaluated vertices (modifiers, shape keys, skinning)."""
+def evaluated_local_vertices(obj, depsgraph=None) -> np.ndarray:
+    """float64 [P, 3] vertices of the evaluated object (modifiers, shape keys, skinning) in its local space."""
     depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
     ev = obj.evaluated_get(depsgraph)
     mesh = ev.to_mesh()
     try:
         co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
         mesh.vertices.foreach_get("co", co)
-        co = co.reshape(-1, 3).astype(np.float64)
-        mw = np.array(ev.matrix_world)
-        return co @ mw[:3, :3].T + mw[:3, 3]
     finally:
         ev.to_mesh_clear()
+    return co.reshape(-1, 3).astype(np.float64)
+
+
+def evaluated_vertices(obj, depsgraph=None) -> np.ndarray:
+    """World-space positions [P, 3] of a mesh object's evaluated vertices (modifiers, shape keys, skinning)."""
+    depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
+    co = evaluated_local_vertices(obj, depsgraph)
+    mw = np.array(obj.evaluated_get(depsgraph).matrix_world)
+    return co @ mw[:3, :3].T + mw[:3, 3]
 
 
 def bounding_sphere_normalisation(points: np.ndarray) -> Normalisation:

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from .render import Normalisation, RenderSettings, bounding_sphere_normalisation, iter_render_orbit
+from .render import (Normalisation, RenderSettings, bounding_sphere_normalisation, evaluated_local_vertices,
+                     iter_render_orbit)
 from ._protocol import cameras as pcameras
 
 MESH_LIKE = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
@@ -73,19 +74,6 @@ def check_object(obj) -> None:
         raise CaptureError("object", "Select a mesh object first: dsquare animates the active object")
     if obj.type not in MESH_LIKE:
         raise CaptureError("object", f"'{obj.name}' is a {obj.type.lower()}, not a mesh: select a mesh object")
-
-
-def evaluated_local_vertices(obj, depsgraph=None) -> np.ndarray:
-    """float64 [P, 3] vertices of the evaluated object (modifiers, shape keys, skinning) in its local space."""
-    depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
-    ev = obj.evaluated_get(depsgraph)
-    mesh = ev.to_mesh()
-    try:
-        co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
-        mesh.vertices.foreach_get("co", co)
-    finally:
-        ev.to_mesh_clear()
-    return co.reshape(-1, 3).astype(np.float64)
 
 
 def capture_turntable(obj, *, views: int, resolution: int, elevation_deg: float, settings: RenderSettings,
