@@ -48,9 +48,9 @@ class UNetConfig:
     """
 
     latent_channels: int = LATENT_CHANNELS
-    channels: tuple[int, ...] = (64, 128, 192)
-    blocks: int = 2
-    temporal_attention: tuple[int, ...] = (0,)
+    channels: tuple[int, ...] = (48, 96, 144)
+    blocks: int = 1
+    temporal_attention: tuple[int, ...] = ()
     full_attention: tuple[int, ...] = (1, 2)
     heads: int = 4
     emb_dim: int = 256
