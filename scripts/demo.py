@@ -46,7 +46,7 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=str(ROOT / "out"), help="output folder (default: out/)")
     ap.add_argument("--steps", type=int, default=None, help="sampling steps (default: 20 on CPU, 50 on GPU)")
     ap.add_argument("--vrs-steps", type=int, default=None, help="variance-reducing repeated steps (default: 4 CPU, 10 GPU)")
-    ap.add_argument("--fit-iterations", type=int, default=None, help="4D fit iterations (default: 600 CPU, 2000 GPU)")
+    ap.add_argument("--fit-iterations", type=int, default=None, help="4D fit iterations (default: 500 CPU, 2000 GPU)")
     ap.add_argument("--frames", type=int, default=None, help="animation frames (default: what the models make)")
     ap.add_argument("--views", type=int, default=None, help="orbit views (default: what the models make)")
     ap.add_argument("--elevation", type=float, default=10.0, help="orbit elevation in degrees")
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     gpu = args.device.startswith("cuda")
     steps = args.steps or (50 if gpu else 20)
     vrs_steps = args.vrs_steps if args.vrs_steps is not None else (10 if gpu else 4)
-    fit_iters = args.fit_iterations or (2000 if gpu else 600)
+    fit_iters = args.fit_iterations or (2000 if gpu else 500)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
