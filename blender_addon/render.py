@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 import bpy
 import numpy as np
-from mathutils import Matrix, Vector
+from mathutils import Matrix
 
 ENGINES = {"WORKBENCH": "BLENDER_WORKBENCH", "CYCLES": "CYCLES"}
 
@@ -57,19 +57,25 @@ class RenderSettings:
     extra: dict = field(default_factory=dict)
 
 
-def evaluated_vertices(obj, depsgraph=None) -> np.ndarray:
-    """World-space positions [P, 3] of a mesh object's evaluated vertices (modifiers, shape keys, skinning)."""
+def evaluated_local_vertices(obj, depsgraph=None) -> np.ndarray:
+    """float64 [P, 3] vertices of the evaluated object (modifiers, shape keys, skinning) in its local space."""
     depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
     ev = obj.evaluated_get(depsgraph)
     mesh = ev.to_mesh()
     try:
         co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
         mesh.vertices.foreach_get("co", co)
-        co = co.reshape(-1, 3).astype(np.float64)
-        mw = np.array(ev.matrix_world)
-        return co @ mw[:3, :3].T + mw[:3, 3]
     finally:
         ev.to_mesh_clear()
+    return co.reshape(-1, 3).astype(np.float64)
+
+
+def evaluated_vertices(obj, depsgraph=None) -> np.ndarray:
+    """World-space positions [P, 3] of a mesh object's evaluated vertices (modifiers, shape keys, skinning)."""
+    depsgraph = depsgraph or bpy.context.evaluated_depsgraph_get()
+    co = evaluated_local_vertices(obj, depsgraph)
+    mw = np.array(obj.evaluated_get(depsgraph).matrix_world)
+    return co @ mw[:3, :3].T + mw[:3, 3]
 
 
 def bounding_sphere_normalisation(points: np.ndarray) -> Normalisation:
@@ -116,8 +122,13 @@ def temporary_scene(objects: Sequence, settings: RenderSettings, name: str = "ds
             scene.collection.objects.link(ob)
         world = bpy.data.worlds.new(name + "_world")
         created_data.append(world)
-        world.use_nodes = False if hasattr(world, "use_nodes") and bpy.app.version < (5, 0, 0) else world.use_nodes
         world.color = (1.0, 1.0, 1.0)
+        if bpy.app.version < (5, 0, 0):
+            world.use_nodes = False  # the plain world colour lights the scene
+        elif world.node_tree is not None:  # 5.0+: worlds always use nodes; light with white
+            for node in world.node_tree.nodes:
+                if node.type == "BACKGROUND":
+                    node.inputs["Color"].default_value = (1.0, 1.0, 1.0, 1.0)
         scene.world = world
         r = scene.render
         r.engine = ENGINES[settings.engine.upper()]
@@ -172,6 +183,9 @@ def temporary_scene(objects: Sequence, settings: RenderSettings, name: str = "ds
         for ob in created_objects:
             bpy.data.objects.remove(ob, do_unlink=True)
         bpy.data.scenes.remove(scene)
+        # The "Render Result" image that rendering creates stays, as after any render in Blender: the
+        # render pipeline swaps results in and out of its slots, and a CI run that removed it here segfaulted
+        # in a later render.
         for block in created_data:
             coll = {"World": bpy.data.worlds, "Camera": bpy.data.cameras}.get(type(block).__name__, bpy.data.lights)
             if block.users == 0:
@@ -213,7 +227,10 @@ def render_image(scene, path: str | None = None) -> np.ndarray:
         os.close(fd)
     try:
         scene.render.filepath = path
-        bpy.ops.render.render(write_still=True, scene=scene.name)
+        # Render the scene as the context's scene: with ``render(scene=...)`` Blender 5.0 evaluates
+        # animation at the *window* scene's frame, not at this scene's frame.
+        with bpy.context.temp_override(scene=scene):
+            bpy.ops.render.render(write_still=True)
         img = bpy.data.images.load(path, check_existing=False)
         try:
             w, h = img.size
@@ -235,22 +252,51 @@ def render_orbit(objects: Sequence, K: np.ndarray, w2c: np.ndarray, *, settings:
                  norm: Normalisation, frames: Sequence[float] | None = None, progress=None) -> np.ndarray:
     """Render every camera (K [V,3,3], w2c [V,4,4] in normalised space) at every frame.
 
-    frames: scene frame numbers (fractional allowed); None renders the current state once.
+    frames: scene frame numbers (fractional allowed); None renders the current state once (the
+    context scene's current frame, as the user sees it). The context scene is re-evaluated at its own
+    frame afterwards, so the shared objects show the user's frame again.
     Returns uint8 [V, F, H, W, 4] (F = 1 when frames is None).
     """
+    steps = iter_render_orbit(objects, K, w2c, settings=settings, norm=norm, frames=frames)
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)
+
+
+def iter_render_orbit(objects: Sequence, K: np.ndarray, w2c: np.ndarray, *, settings: RenderSettings,
+                      norm: Normalisation, frames: Sequence[float] | None = None):
+    """``render_orbit`` one image per ``next()``: yields (images done, total); returns the images
+    uint8 [V, F, H, W, 4] as the generator's value. Closing the generator early removes the
+    temporary scene (so a modal operator can render between UI events and stop on Esc)."""
     K = np.asarray(K, dtype=np.float64).reshape(-1, 3, 3)
     w2c = np.asarray(w2c, dtype=np.float64).reshape(-1, 4, 4)
     res = int(settings.resolution)
+    user_scene = bpy.context.scene
+    current = user_scene.frame_current + user_scene.frame_subframe
     frame_list = [None] if frames is None else list(frames)
     out = np.zeros((w2c.shape[0], len(frame_list), res, res, 4), dtype=np.uint8)
-    with temporary_scene(objects, settings) as scene:
-        for fi, frame in enumerate(frame_list):
-            if frame is not None:
-                whole = math.floor(frame)
-                scene.frame_set(int(whole), subframe=float(frame - whole))
-            for v in range(w2c.shape[0]):
-                set_camera(scene, K[v], w2c[v], res, res, norm)
-                out[v, fi] = render_image(scene)
-                if progress is not None:
-                    progress(fi * w2c.shape[0] + v + 1, len(frame_list) * w2c.shape[0])
+    total = len(frame_list) * w2c.shape[0]
+    try:
+        with temporary_scene(objects, settings) as scene:
+            for fi, frame in enumerate(frame_list):
+                _set_frame(scene, current if frame is None else frame)
+                for v in range(w2c.shape[0]):
+                    set_camera(scene, K[v], w2c[v], res, res, norm)
+                    out[v, fi] = render_image(scene)
+                    yield fi * w2c.shape[0] + v + 1, total
+    finally:
+        if frames is not None:  # evaluating other frames wrote animated values into the shared objects
+            try:
+                _set_frame(user_scene, current)
+            except ReferenceError:  # the scene went away meanwhile
+                pass
     return out
+
+
+def _set_frame(scene, frame: float) -> None:
+    whole = math.floor(frame)
+    scene.frame_set(int(whole), subframe=float(frame - whole))

@@ -18,6 +18,10 @@ scripts and tests)::
     client.cancel(job_id)
 
 Arrays in a submitted job are sent without copying: do not modify them until the job is accepted.
+Arrays in received messages may be read-only views of the received frames (copy to modify).
+The I/O thread is a daemon; call ``close()`` when done (an add-on: in ``unregister``). ``close()``
+leaves the jobs running on the server (re-attach later by id) unless ``cancel_jobs=True``; a client
+that simply vanishes has its jobs cancelled after the server's heartbeat timeout.
 Only ``protocol`` and pyzmq are imported (no torch, no bpy).
 """
 
@@ -192,8 +196,9 @@ class Client:
             raise ProtocolError(ErrorCode.NOT_CONNECTED, "connection",
                                 f"no answer from the server at {self.endpoint} yet; its limits are unknown", "",
                                 submit.job_id)
-        check_submit(submit, welcome.limits)
-        frames = encode(submit, welcome.limits.max_message_bytes)
+        frames = encode(submit, welcome.limits.max_message_bytes)  # dtype/shape refusals name the field
+        # check exactly what the server will decode (arrays coerced by the encoder, zero-copy views)
+        check_submit(decode(frames, DecodeLimits(max_message_bytes=welcome.limits.max_message_bytes)), welcome.limits)
         with self._lock:
             old = self._jobs.get(submit.job_id)
             if old is not None and not old.finished:

@@ -109,8 +109,8 @@ class Hello(Message):
 class Limits:
     """What the server accepts (from the model set's ``ModelLimits`` plus the server's own).
 
-    views / frames: allowed matrix sizes V and F; resolution: maximal image side in pixels (images
-    are square); elevation_deg: [min, max] orbit elevation; max_message_bytes: the largest message
+    views / frames: allowed matrix sizes V and F; resolution: the side in pixels of every turntable
+    and reference image (square, exactly this size); elevation_deg: [min, max] orbit elevation; max_message_bytes: the largest message
     the server reads (the socket drops far larger ones without a reply)."""
 
     views: list[int]
@@ -180,7 +180,7 @@ class Options:
     schedule / schedule_params: the multi-view weight schedule (``SCHEDULES``; the paper's logistic
     s0 = 0.5, k = 20 by default); combine: 'convex' (paper) or 'theorem'; vrs_steps / vrs_repeats:
     repeat the first vrs_steps steps vrs_repeats times with re-noising (vrs_steps = 0: off);
-    guidance: classifier-free guidance scale; fit_iterations: 4D Gaussian fitting iterations;
+    guidance: classifier-free guidance scale (None: each model's own, 1: off); fit_iterations: 4D Gaussian fitting iterations;
     fps: frames per second of the generated animation; previews: send Preview messages.
     """
 
@@ -192,7 +192,7 @@ class Options:
     combine: str = "convex"
     vrs_steps: int = 0
     vrs_repeats: int = 2
-    guidance: float = 1.0
+    guidance: float | None = None
     fit_iterations: int = 1000
     fps: float = 8.0
     previews: bool = True
@@ -207,7 +207,7 @@ def new_job_id() -> str:
 class Submit(Message):
     """A job. turntable: uint8 RGBA [V, H, W, 4] (``image`` mode: [1, H, W, 4]), square images;
     cameras: the V views; reference: uint8 RGBA clip [F, H, W, 4] (``video`` mode only);
-    vertices: float32 [P, 3] mesh vertices in the cameras' normalised object space, whose motion
+    Images are resolution x resolution (``Limits.resolution``). vertices: float32 [P, 3] mesh vertices in the cameras' normalised object space, whose motion
     comes back in ``Result.vertices``."""
 
     KIND: ClassVar[str] = "submit"

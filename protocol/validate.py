@@ -17,7 +17,6 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import COMBINE_MODES, MODES, SCHEDULES, Limits, Result, Submit
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-MIN_RESOLUTION = 8
 MAX_SEED = 2**63 - 1
 MAX_VRS_REPEATS = 16
 MAX_GUIDANCE = 50.0
@@ -113,13 +112,10 @@ def check_submit(submit: Submit, limits: Limits) -> None:
 
 
 def _check_image_size(field: str, H: int, W: int, limits: Limits, jid: str) -> None:
-    if H != W:
-        raise _invalid(field, f"images must be square, got {W}x{H}", "square", jid)
-    if H > limits.resolution:
-        raise _limit(field, f"images of {W}x{H}; at most {limits.resolution}x{limits.resolution}",
-                     f"{limits.resolution} px", jid)
-    if H < MIN_RESOLUTION:
-        raise _limit(field, f"images of {W}x{H}; at least {MIN_RESOLUTION}x{MIN_RESOLUTION}", f">= {MIN_RESOLUTION} px", jid)
+    res = limits.resolution
+    if H != res or W != res:
+        raise _limit(field, f"images of {W}x{H}; this model set works at {res}x{res} (render the turntable at that size)",
+                     f"{res}x{res} px", jid)
 
 
 def check_options(submit: Submit, limits: Limits) -> None:
@@ -153,7 +149,8 @@ def check_options(submit: Submit, limits: Limits) -> None:
         raise _limit("options.vrs_steps", f"{o.vrs_steps}; allowed 0..steps ({o.steps}); 0 turns VRS off", f"0..{o.steps}", jid)
     if not 1 <= o.vrs_repeats <= MAX_VRS_REPEATS:
         raise _limit("options.vrs_repeats", f"{o.vrs_repeats}; allowed 1..{MAX_VRS_REPEATS}", f"1..{MAX_VRS_REPEATS}", jid)
-    _in_range("options.guidance", o.guidance, 0.0, MAX_GUIDANCE, jid)
+    if o.guidance is not None:  # None: the models' own guidance
+        _in_range("options.guidance", o.guidance, 0.0, MAX_GUIDANCE, jid)
     if not 0 <= o.fit_iterations <= limits.max_fit_iterations:
         raise _limit("options.fit_iterations", f"{o.fit_iterations}; allowed 0..{limits.max_fit_iterations}",
                      f"0..{limits.max_fit_iterations}", jid)

@@ -9,7 +9,7 @@ from protocol.messages import Cameras, Limits, Options, Result, Submit, new_job_
 
 
 def small_limits(**overrides) -> Limits:
-    values = dict(views=[4, 8], frames=[4, 8], resolution=32, elevation_deg=[-30.0, 45.0], max_steps=50,
+    values = dict(views=[4, 8], frames=[4, 8], resolution=16, elevation_deg=[-30.0, 45.0], max_steps=50,
                   max_fit_iterations=2000, max_vertices=1000, max_message_bytes=4 * 2**20, max_queue=16,
                   max_queue_per_client=4, heartbeat_interval_s=0.2, heartbeat_timeout_s=2.0, result_ttl_s=60.0)
     values.update(overrides)

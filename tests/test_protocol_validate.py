@@ -22,7 +22,7 @@ def test_valid_submits_pass_in_every_mode():
     lim = small_limits()
     for mode in ("static3d", "video", "image"):
         check_submit(make_submit(mode=mode, vertices=20), lim)
-    check_submit(make_submit(views=8, frames=8, res=32), lim)
+    check_submit(make_submit(views=8, frames=8, res=16), lim)
 
 
 def with_options(**kw):
@@ -35,8 +35,8 @@ def with_options(**kw):
 @pytest.mark.parametrize("sub, field, code, limit_part", [
     (make_submit(views=5), "cameras.azimuth_deg.shape", ErrorCode.LIMIT_EXCEEDED, "4, 8"),
     (make_submit(frames=5), "options.frames", ErrorCode.LIMIT_EXCEEDED, "4, 8"),
-    (make_submit(res=64), "turntable.shape", ErrorCode.LIMIT_EXCEEDED, "32 px"),
-    (make_submit(res=4), "turntable.shape", ErrorCode.LIMIT_EXCEEDED, ">= 8"),
+    (make_submit(res=32), "turntable.shape", ErrorCode.LIMIT_EXCEEDED, "16x16 px"),
+    (make_submit(res=8), "turntable.shape", ErrorCode.LIMIT_EXCEEDED, "16x16 px"),
     (make_submit(vertices=1001), "vertices.shape", ErrorCode.LIMIT_EXCEEDED, "1000"),
     (with_options(steps=51), "options.steps", ErrorCode.LIMIT_EXCEEDED, "1..50"),
     (with_options(steps=0), "options.steps", ErrorCode.LIMIT_EXCEEDED, "1..50"),
@@ -108,7 +108,10 @@ def test_camera_content():
     assert refused(sub).field == "cameras.world_to_cam"
     sub = make_submit()
     sub.turntable = np.zeros((4, 16, 20, 4), np.uint8)
-    assert "square" in refused(sub).limit
+    assert "16x16" in refused(sub).limit
+    sub = make_submit(mode="video")
+    sub.reference = np.zeros((4, 8, 8, 4), np.uint8)
+    assert refused(sub).field == "reference.shape"
 
 
 def test_vertex_content():
