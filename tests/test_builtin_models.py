@@ -16,14 +16,7 @@ from backend.sampling.compose import Known, sample_matrix
 from backend.sampling.schedules import karras_sigmas, logistic_weight
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small networks on one thread (restored afterwards): they gain little from a second one, and on a busy
-    machine OpenMP's spin-waiting threads slow them several-fold."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

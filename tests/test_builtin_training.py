@@ -16,14 +16,7 @@ from backend.models.builtin.metrics import iou, masked_psnr, psnr, silhouette
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Small networks on one thread (restored afterwards): they gain little from a second one, and on a busy
-    machine OpenMP's spin-waiting threads slow them several-fold."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_metrics_on_known_images():

@@ -46,14 +46,7 @@ def _render(rig, times):
     return (rgba.permute(1, 0, 2, 3, 4).numpy() * 255).round().astype(np.uint8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These fits are tiny: a second thread gains little, and on a busy machine OpenMP's spin-waiting
-    makes them several times slower (restored afterwards)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from tiny_stability import (  # noqa: E402
-    FRAMES, RESOLUTION, VIEWS, load_tiny_model_set, one_torch_thread, random_image, write_checkpoints,  # noqa: F401
+    FRAMES, RESOLUTION, VIEWS, load_tiny_model_set, random_image, write_checkpoints,  # noqa: F401
 )
 
 from backend.errors import InvalidInput  # noqa: E402
@@ -21,6 +21,8 @@ from backend.models.base import Cond, EDMScaling, ModelSet  # noqa: E402
 from backend.models.guidance import Guidance  # noqa: E402
 from backend.models.stability_encoders import LATENT_SPACE, content_seed  # noqa: E402
 from backend.models.sv3d import sv3d_cameras  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from sgm_reference import TINY_SV3D_PARAMS, RefVideoUNet, randomize_, sv3d_vector, timestep_embedding  # noqa: E402
-from tiny_stability import one_torch_thread  # noqa: E402,F401  (autouse fixture)
 
 from backend.errors import InvalidInput  # noqa: E402
 from backend.models.sgm_convert import (  # noqa: E402
@@ -21,6 +20,8 @@ from backend.models.sgm_convert import (  # noqa: E402
 )
 from backend.models.sv3d import SV3D_P_PARAMS, unet_from_sgm  # noqa: E402
 from backend.models.video_unet import sinusoidal_embedding  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 T = 5
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from sgm_reference import TINY_SV3D_PARAMS, RefVideoUNet, randomize_
@@ -87,12 +86,3 @@ def random_image(seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return (torch.rand(3, RESOLUTION, RESOLUTION, generator=g) * 2 - 1)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run a test module's tiny networks on one thread (restored afterwards). Tiny tensors gain nothing
-    from a second thread, and on a busy machine OpenMP's spin-waiting threads slow them ten-fold."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
