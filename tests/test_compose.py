@@ -214,3 +214,10 @@ def test_non_finite_model_output_is_reported(setup):
     rows.denoise = lambda x, s, c: torch.full_like(x, float("nan"))
     with pytest.raises(FloatingPointError, match="video model"):
         sample_matrix(rows, cols, x_T, sigmas, video_conds=vconds, multiview_conds=mconds, weight=0.5)
+
+
+def test_non_finite_multiview_output_is_named(setup):
+    rows, cols, _, vconds, mconds, sigmas, x_T = setup
+    cols.denoise = lambda x, s, c: torch.full_like(x, float("inf"))
+    with pytest.raises(FloatingPointError, match="multi-view model"):
+        sample_matrix(rows, cols, x_T, sigmas, video_conds=vconds, multiview_conds=mconds, weight=0.5)

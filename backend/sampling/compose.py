@@ -56,8 +56,11 @@ def compose_x0(x0_rows: Tensor, x0_cols: Tensor, w: Tensor | None, x0_single: Te
 
 
 def denoise_batched(model: SequenceDenoiser, x: Tensor, sigma: float, conds: Sequence[Cond], max_batch: int | None,
-                    name: str) -> Tensor:
-    """Run ``model.denoise`` on x [B, T, C, h, w] in chunks of at most ``max_batch`` sequences."""
+                    name: str, check: bool = True) -> Tensor:
+    """Run ``model.denoise`` on x [B, T, C, h, w] in chunks of at most ``max_batch`` sequences.
+
+    check: raise FloatingPointError on NaN/inf in the output (callers that check a combination of
+    several outputs at once pass False and call ``check_finite`` themselves)."""
     batch = x.shape[0]
     step = batch if max_batch is None else max_batch
     outs = []
@@ -69,10 +72,16 @@ def denoise_batched(model: SequenceDenoiser, x: Tensor, sigma: float, conds: Seq
             raise RuntimeError(f"{name} model returned shape {tuple(out.shape)} for input {tuple(chunk.shape)}")
         outs.append(out.to(x.dtype))
     out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    if check:
+        check_finite(out, sigma, name)
+    return out
+
+
+def check_finite(out: Tensor, sigma: float, name: str) -> None:
+    """Raise FloatingPointError naming the model if ``out`` holds NaN or inf."""
     if not torch.isfinite(out.sum()):  # one reduction; NaN/inf anywhere makes the sum non-finite
         if not torch.isfinite(out).all():
             raise FloatingPointError(f"{name} model returned non-finite x0 at sigma={sigma:.4g}")
-    return out
 
 
 @torch.no_grad()
@@ -159,17 +168,30 @@ def _x0_at(video, multiview, element, x, sigma, w, combine, video_conds, multivi
     theorem = combine == "theorem"
     need_rows = theorem or bool((w < 1).any())  # w = 1 everywhere: the video model's x0 has weight 0
     need_cols = theorem or bool((w > 0).any())
-    x0_rows = denoise_batched(video, x, sigma, video_conds, max_batch, "video") if need_rows else torch.zeros_like(x)
+    # Finiteness is checked once, on the composed x0 (NaN/inf in any part reaches it, even at weight 0 or
+    # 1, since lerp computes a + w * (b - a)); only when it fails are the parts checked to name the model.
+    x0_rows = (denoise_batched(video, x, sigma, video_conds, max_batch, "video", check=False) if need_rows
+               else torch.zeros_like(x))
     if need_cols:
         cols = x.transpose(0, 1).contiguous()  # [F, V, C, h, w]
-        x0_cols = denoise_batched(multiview, cols, sigma, multiview_conds, max_batch, "multi-view").transpose(0, 1)
+        x0_cols = denoise_batched(multiview, cols, sigma, multiview_conds, max_batch, "multi-view",
+                                  check=False).transpose(0, 1)
     else:
         x0_cols = torch.zeros_like(x)
+    parts = [(x0_rows, "video"), (x0_cols, "multi-view")]
     if not theorem:
-        return compose_x0(x0_rows, x0_cols, w)
-    singles = x.reshape(V * F, 1, *x.shape[2:])
-    x0_single = denoise_batched(element, singles, sigma, element_conds, max_batch, "element").reshape(x.shape)
-    return compose_x0(x0_rows, x0_cols, None, x0_single)
+        x0 = compose_x0(x0_rows, x0_cols, w)
+    else:
+        singles = x.reshape(V * F, 1, *x.shape[2:])
+        x0_single = denoise_batched(element, singles, sigma, element_conds, max_batch, "element",
+                                    check=False).reshape(x.shape)
+        parts.append((x0_single, "element"))
+        x0 = compose_x0(x0_rows, x0_cols, None, x0_single)
+    if not torch.isfinite(x0.sum()):
+        for part, name in parts:
+            check_finite(part, sigma, name)
+        raise FloatingPointError(f"the composed x0 overflowed at sigma={sigma:.4g} (each model's x0 was finite)")
+    return x0
 
 
 def _check_conds(name: str, conds, expected: int) -> None:
