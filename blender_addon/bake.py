@@ -92,12 +92,12 @@ def sample_local_positions(obj, frames: Sequence[float], scene=None) -> np.ndarr
         for i, frame in enumerate(frames):
             whole = math.floor(frame)
             scene.frame_set(int(whole), subframe=float(frame - whole))
-            co = evaluated_local_vertices(obj).astype(np.float32).reshape(-1)
+            co = evaluated_local_vertices(obj)  # [P, 3]
             if out is None:
-                out = np.empty((len(frames), co.size // 3, 3), dtype=np.float32)
-            elif co.size != out.shape[1] * 3:
+                out = np.empty((len(frames), co.shape[0], 3), dtype=np.float32)
+            elif co.shape[0] != out.shape[1]:
                 raise BakeError("object", f"'{obj.name}' changes its vertex count over time; PC2 needs a fixed count")
-            out[i] = co.reshape(-1, 3)
+            out[i] = co
     return out
 
 
