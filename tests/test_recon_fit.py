@@ -135,6 +135,15 @@ def test_rendered_centres_are_the_motion_field_plus_small_residuals(fitted):
     assert np.linalg.norm(residual, axis=-1).mean() < 0.25 * RISE  # ... and stay small next to the motion
 
 
+def test_per_image_corrections_stay_near_identity_on_consistent_images(fitted):
+    result, _ = fitted
+    report = result.summary["corrections"]  # on by default, reported in the summary
+    assert report["shift_mode"] == "intrinsics"
+    assert np.array(report["shift_px"]).shape == (F, V // 2, 2)
+    assert report["shift_px_max"] < 0.35
+    assert 0.97 < report["gain_min"] and report["gain_max"] < 1.03 and report["bias_abs_max"] < 0.03
+
+
 def test_progress_is_reported_at_least_every_50_iterations(fitted):
     _, calls = fitted
     its = [c[0] for c in calls]

@@ -23,8 +23,10 @@ import torch
 
 from backend.errors import Cancelled, InvalidInput
 
+from .align import align_silhouettes, shifted_intrinsics
 from .carve import initial_points, silhouettes, surface_voxels, visual_hull
 from .inputs import FitInputs, check_inputs
+from .corrections import ImageCorrections, shift_gauge
 from .losses import LOSS_NAMES, PhotometricLoss, blur_images, psnr
 from .model import Gaussians
 from .motion import MotionField, farthest_point_sampling, knn
@@ -71,6 +73,7 @@ class FitOptions:
     track: bool = True                # initialise the motion by tracking the per-frame visual hulls
     track_iterations: int = 10        # Gauss-Newton iterations per frame when tracking
     track_rigidity: float = 0.003     # ARAP weight of the tracking (against the hull distances)
+    track_from_rest: bool = False     # also start each frame's tracking from the rest pose; keep the closer
     hull_tolerance: int = 0           # views allowed to disagree when carving a frame's hull
     max_hull_points: int = 3000       # surface voxels per hull (the carving grid is coarsened to fit)
     progressive: bool = False         # add frames one at a time, each from the previous frame's pose
@@ -80,6 +83,11 @@ class FitOptions:
     densify_until: float = 0.6        # fraction of the iteration budget
     grad_threshold: float = 2e-4
     prune_opacity: float = 0.02
+    corrections: bool = True          # per training image sub-pixel shift + colour gain/bias (fit only)
+    lr_shift: float = 0.05            # pixels per step (Adam)
+    lr_colour: float = 0.01           # gain (log) and bias per step (Adam)
+    w_corrections: float = 1e-4       # pull toward the identity (shifts over 1 px, colour over 0.05)
+    align_silhouettes: bool = True    # with corrections: estimate the shifts from the silhouettes before carving
     early_stop_patience: int = 4      # windows of 50 iterations without 0.2 % improvement
     carve_resolution: int = 48
     seed: int = 0
@@ -130,15 +138,17 @@ class _Snapshot:
         self.state = None
         self.step = -1
 
-    def save(self, gaussians: Gaussians, motion: MotionField, step: int) -> None:
-        self.state = (copy.deepcopy(gaussians.state_dict()), copy.deepcopy(motion.state_dict()))
+    def save(self, gaussians: Gaussians, motion: MotionField, corrections: ImageCorrections, step: int) -> None:
+        self.state = (copy.deepcopy(gaussians.state_dict()), copy.deepcopy(motion.state_dict()),
+                      copy.deepcopy(corrections.state_dict()))
         self.step = step
 
-    def restore(self, gaussians: Gaussians, motion: MotionField) -> None:
-        g, m = self.state
+    def restore(self, gaussians: Gaussians, motion: MotionField, corrections: ImageCorrections) -> None:
+        g, m, c = self.state
         for name, value in g.items():
             setattr(gaussians, name, torch.nn.Parameter(value))
         motion.load_state_dict(m)
+        corrections.load_state_dict(c)
 
 
 def _finite(*modules) -> bool:
@@ -169,6 +179,8 @@ class _Fitter:
         self.K = torch.tensor(data.K, dtype=torch.float32, device=dev)
         self.w2c = torch.tensor(data.w2c, dtype=torch.float32, device=dev)
         self.loss_fn = PhotometricLoss(opts.loss, dev)
+        # gsplat gives no gradient to the intrinsics: there the shift resamples the rendered image
+        self.shift_mode = "intrinsics" if self.backend == "torch" else "resample"
         masks = silhouettes(data.rgb, data.alpha)  # [V, F, H, W]
         self.masks = masks
         self.silhouette = None
@@ -178,8 +190,16 @@ class _Fitter:
     # -- initialisation ------------------------------------------------------------------------
     def _init_scene(self) -> tuple[Gaussians, MotionField]:
         d, o = self.data, self.opts
-        masks0 = silhouettes(d.rgb[:, 0], None if d.alpha is None else d.alpha[:, 0])
-        pts, cols, step = initial_points(d.rgb[:, 0], masks0, d.K, d.w2c, o.num_gaussians, self.rng,
+        # each image's shift, estimated from the silhouettes, so that carving sees consistent ones
+        self.shift0 = np.zeros((self.F, self.V, 2))
+        if o.corrections and o.align_silhouettes and self.V >= 3:
+            for f in range(self.F):
+                self.shift0[f] = align_silhouettes(self.masks[:, f], d.K, d.w2c, resolution=o.carve_resolution)
+            # carve with the shifts the corrections will start from (what the scene cannot explain)
+            gauge = shift_gauge(d.K, d.w2c).double().numpy()
+            self.shift0 = (self.shift0.reshape(self.F, -1) @ gauge.T).reshape(self.F, self.V, 2)
+        masks0 = self.masks[:, 0]
+        pts, cols, step = initial_points(d.rgb[:, 0], masks0, self._carve_K(0), d.w2c, o.num_gaussians, self.rng,
                                          resolution=o.carve_resolution)
         pts_t = torch.tensor(pts, dtype=torch.float32)
         _, d2 = knn(pts_t, pts_t, 4)
@@ -201,9 +221,13 @@ class _Fitter:
         if o.track and self.F > 1:
             # all surface voxels of every hull: they lie on one grid, so unmoved parts match exactly
             track_hulls(motion, self.hulls[0], self.hulls,
-                        iterations=o.track_iterations, rigidity=o.track_rigidity,
+                        iterations=o.track_iterations, rigidity=o.track_rigidity, from_rest=o.track_from_rest,
                         cancel=None if o.cancel is None else o.cancel.is_set)
         return g, motion
+
+    def _carve_K(self, f: int) -> np.ndarray:
+        """Intrinsics [V, 3, 3] of frame f's images as the silhouette alignment found them."""
+        return shifted_intrinsics(self.data.K, self.shift0[f])
 
     def _subsample(self, n: int, k: int) -> torch.Tensor:
         return torch.as_tensor(np.sort(self.rng.choice(n, min(n, k), replace=False)), device=self.device)
@@ -213,17 +237,21 @@ class _Fitter:
         d, o = self.data, self.opts
         masks = self.masks[:, f]
         for tol in range(o.hull_tolerance, self.V):
-            occ, step = visual_hull(masks, d.K, d.w2c, resolution=getattr(self, "hull_res", o.carve_resolution),
+            occ, step = visual_hull(masks, self._carve_K(f), d.w2c, resolution=getattr(self, "hull_res", o.carve_resolution),
                                     tolerance=tol, dilation=0)
             if occ.shape[0] >= 16:
                 break
         surf = surface_voxels(occ, step) if occ.shape[0] >= 16 else occ
         return torch.tensor(surf.reshape(-1, 3), dtype=torch.float32, device=self.device)
 
-    def _optimizer(self, g: Gaussians, m: MotionField) -> torch.optim.Optimizer:
+    def _optimizer(self, g: Gaussians, m: MotionField, c: ImageCorrections) -> torch.optim.Optimizer:
         o = self.opts
+        extra = []
+        if o.corrections:
+            extra = [{"params": [c.raw_shift], "lr": o.lr_shift, "name": "shift"},
+                     {"params": [c.raw_log_gain, c.raw_bias], "lr": o.lr_colour, "name": "colour"}]
         return torch.optim.Adam(
-            [
+            extra + [
                 {"params": [g.means], "lr": o.lr_means, "name": "means"},
                 {"params": [g.offsets], "lr": o.lr_offsets, "name": "offsets"},
                 {"params": [g.quats], "lr": o.lr_quats, "name": "quats"},
@@ -238,24 +266,41 @@ class _Fitter:
         )
 
     # -- one step ---------------------------------------------------------------------------------
-    def _render(self, g: Gaussians, m: MotionField, frames: torch.Tensor, idx: torch.Tensor, retain: bool = False):
+    def _intrinsics(self, c: ImageCorrections, frames: torch.Tensor) -> torch.Tensor:
+        """Intrinsics of the training images of ``frames`` [Fb]: [Fb, V, 3, 3], each image's principal
+        point moved by its learned shift when the shift acts on the projection."""
+        if self.opts.corrections and self.shift_mode == "intrinsics":
+            return c.intrinsics(self.K, frames)
+        return self.K[None].expand(frames.shape[0], -1, -1, -1)
+
+    def _render(self, g: Gaussians, m: MotionField, c: ImageCorrections, frames: torch.Tensor, idx: torch.Tensor,
+                retain: bool = False):
+        """Renders of the training images of ``frames`` as each image's corrections see them:
+        (raster output, rgb [Fb, V, H, W, 3], moved means [Fb, N, 3], intrinsics [Fb, V, 3, 3])."""
         means, quats = m.warp(g.means, g.quats, frames=frames, idx=idx)
         means = means + g.key_offsets()[frames]
         Fb = frames.shape[0]
+        K = self._intrinsics(c, frames)
         out = rasterize(means, quats, g.scales, g.opacities, g.colours,
-                        self.w2c[None].expand(Fb, -1, -1, -1), self.K[None].expand(Fb, -1, -1, -1),
+                        self.w2c[None].expand(Fb, -1, -1, -1), K,
                         self.W, self.H, backend=self.backend, retain_grad=retain)
-        return out, means
+        rgb = out.rgb
+        if self.opts.corrections:
+            if self.shift_mode == "resample":
+                rgb = c.resample(rgb, frames)
+            rgb = c.colour(rgb, frames)
+        return out, rgb, means, K
 
-    def _project(self, means: torch.Tensor) -> torch.Tensor:
-        """Pixel positions [Fb, V, N, 2] of points [Fb, N, 3] in every training view."""
+    def _project(self, means: torch.Tensor, Ks: torch.Tensor) -> torch.Tensor:
+        """Pixel positions [Fb, V, N, 2] of points [Fb, N, 3] in every training view (intrinsics [Fb, V, 3, 3])."""
         cam = torch.einsum("vij,fnj->fvni", self.w2c[:, :3, :3], means) + self.w2c[None, :, None, :3, 3]
         z = cam[..., 2].clamp_min(1e-3)
-        K = self.K[None, :, None]
+        K = Ks[:, :, None]
         return torch.stack([K[..., 0, 0] * cam[..., 0] / z + K[..., 0, 2], K[..., 1, 1] * cam[..., 1] / z + K[..., 1, 2]], -1)
 
-    def _loss(self, out, means, frames: torch.Tensor, g: Gaussians, m: MotionField, frac: float, active: int):
-        pred = out.rgb.reshape(-1, self.H, self.W, 3)
+    def _loss(self, out, rgb, means, Ks, frames: torch.Tensor, g: Gaussians, m: MotionField, c: ImageCorrections,
+              frac: float, active: int):
+        pred = rgb.reshape(-1, self.H, self.W, 3)
         tgt = self.target[frames].reshape(-1, self.H, self.W, 3)
         o = self.opts
         sigma = o.blur_px * max(0.0, 1.0 - frac / o.blur_until) if o.blur_until > 0 else 0.0
@@ -267,7 +312,7 @@ class _Fitter:
         if self.alpha is not None and self.opts.w_alpha > 0:
             total = total + self.opts.w_alpha * (out.alpha - self.alpha[frames]).abs().mean()
         if self.silhouette is not None:
-            outside, coverage = self.silhouette(self._project(means), frames, g.opacities)
+            outside, coverage = self.silhouette(self._project(means, Ks), frames, g.opacities)
             total = total + o.w_outside * outside + o.w_coverage * coverage
         if o.w_hull > 0 and self.hulls is not None:
             pick = self._subsample(means.shape[1], 800)
@@ -283,6 +328,8 @@ class _Fitter:
             total = total + o.w_residual * (g.offsets**2).sum(-1).mean() / m.edge_scale
         if o.w_smooth > 0:
             total = total + o.w_smooth * m.smoothness_loss(active)
+        if o.corrections and o.w_corrections > 0:
+            total = total + o.w_corrections * c.regulariser()
         return total
 
     def _pick_frames(self, active: int, warmup: bool) -> torch.Tensor:
@@ -363,10 +410,14 @@ class _Fitter:
         # the schedule (learning-rate decay, warm-up, densification window) spans the time left
         # after the initialisation, so a slow start does not skip the early phases
         loop_budget = None if o.time_budget_s is None else max(o.time_budget_s - (t_loop - t_start), 1e-3)
-        opt = self._optimizer(g, m)
+        c = ImageCorrections(self.F, self.V).to(self.device)
+        c.set_cameras(self.K, self.w2c)
+        with torch.no_grad():
+            c.raw_shift.copy_(torch.as_tensor(self.shift0, dtype=torch.float32))
+        opt = self._optimizer(g, m, c)
         idx = m.neighbours(g.means)
         snapshot = _Snapshot()
-        snapshot.save(g, m, 0)
+        snapshot.save(g, m, c, 0)
         self._order: list[int] = []
         base_lr = {id(gr): gr["lr"] for gr in opt.param_groups}
         grad_sum = torch.zeros(len(g), device=self.device)
@@ -386,7 +437,7 @@ class _Fitter:
             for gr in opt.param_groups:
                 if gr["name"] == "means":
                     gr["lr"] = base_lr[id(gr)] * decay * (1.0 if warmup else o.canonical_lr_after)
-                elif gr["name"] in ("motion", "offsets"):
+                elif gr["name"] in ("motion", "offsets", "shift", "colour"):
                     gr["lr"] = base_lr[id(gr)] * decay
             now_active = self._active_frames(frac)
             if now_active > active:
@@ -397,20 +448,20 @@ class _Fitter:
                             m.rotvec[k - 1] = m.rotvec[k - 2]
                 active = now_active
             frames = self._pick_frames(active, warmup)
-            out, means_t = self._render(g, m, frames, idx, retain=True)
-            loss = self._loss(out, means_t, frames, g, m, frac, active)
+            out, rgb, means_t, Ks = self._render(g, m, c, frames, idx, retain=True)
+            loss = self._loss(out, rgb, means_t, Ks, frames, g, m, c, frac, active)
             if not torch.isfinite(loss):
                 diverged_at, stop_reason = it, "diverged"
                 break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if not _finite(g, m):
+            if not _finite(g, m, c):
                 diverged_at, stop_reason = it, "diverged"
                 break
             value = float(loss.detach())
             if it % 10 == 0:
-                snapshot.save(g, m, it)
+                snapshot.save(g, m, c, it)
             with torch.no_grad():
                 if out.proj.means2d.grad is not None:
                     gr2 = out.proj.means2d.grad.clone()
@@ -444,7 +495,7 @@ class _Fitter:
                 stop_reason = "time budget"
                 break
         if diverged_at is not None:
-            snapshot.restore(g, m)
+            snapshot.restore(g, m, c)
         g.requires_grad_(False)
         m.requires_grad_(False)
         elapsed = time.perf_counter() - t_start
@@ -466,6 +517,7 @@ class _Fitter:
             "height": self.H,
             "width": self.W,
             "used_alpha": self.alpha is not None,
+            "corrections": None if not o.corrections else {"shift_mode": self.shift_mode, **c.report()},
             "fit_psnr_per_view": [round(float(p), 3) for p in view_psnr],
             "fit_psnr_mean": round(float(np.mean(view_psnr)), 3),
             "loss_history": [(int(i), round(float(v), 6)) for i, v in history],

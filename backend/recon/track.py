@@ -78,12 +78,16 @@ def _accumulate(H: Tensor, g: Tensor, nodes: Tensor, J: Tensor, r: Tensor, weigh
 
 @torch.no_grad()
 def track_hulls(motion: MotionField, canonical: Tensor, hulls: Sequence[Tensor], *, iterations: int = 10,
-                rigidity: float = 1.0, damping: float = 1e-4, cancel: Callable[[], bool] | None = None) -> list[float]:
+                rigidity: float = 1.0, damping: float = 1e-4, from_rest: bool = False,
+                cancel: Callable[[], bool] | None = None) -> list[float]:
     """Fit keyframes 1..F-1 of ``motion`` so that ``canonical`` points [P, 3] (frame 0) land on
     ``hulls[f]`` [Q_f, 3] (surface points of frame f's visual hull): Gauss-Newton on every node's
     translation and (linearised) rotation, nearest neighbours re-found each iteration. ``rigidity``
     weighs the ARAP energy (per edge, over the mean squared edge length) against the mean squared
-    point-to-hull distances. Returns the chamfer distance per frame."""
+    point-to-hull distances. Each frame starts from the previous frame's pose; with ``from_rest``
+    also from the rest pose (frame 0), keeping the start that ends closer to the hull (the chain of
+    previous poses can drift, e.g. when a cycle comes back near its start). Returns the chamfer
+    distance per frame."""
     M = motion.num_nodes
     dev, dt = canonical.device, canonical.dtype
     idx = motion.neighbours(canonical)  # [P, K]
@@ -95,15 +99,8 @@ def track_hulls(motion: MotionField, canonical: Tensor, hulls: Sequence[Tensor],
     arap_w = (rigidity / (gw.sum() * motion.edge_scale)) * gw.reshape(-1)
     edge_nodes = torch.stack([torch.arange(M, device=dev)[:, None].expand_as(gi), gi], -1).reshape(-1, 2)
     eye3 = torch.eye(3, device=dev, dtype=dt)
-    errors = [0.0]
-    for f in range(1, motion.num_keys):
-        if cancel is not None and cancel():
-            return errors
-        prev = f - 2 if f >= 2 else None
-        t = motion.trans[prev].clone() if prev is not None else torch.zeros(M, 3, device=dev, dtype=dt)
-        rv = motion.rotvec[prev].clone() if prev is not None else torch.zeros(M, 3, device=dev, dtype=dt)
-        R = quat_to_rotmat(axis_angle_to_quat(rv))
-        target = hulls[f]
+
+    def track_frame(t: Tensor, R: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         Q = target.shape[0]
         for _ in range(iterations):
             rl = (R[idx] * (canonical[:, None, :] - nodes[idx])[..., None, :]).sum(-1)  # R_k (x - p_k) [P, K, 3]
@@ -130,10 +127,26 @@ def track_hulls(motion: MotionField, canonical: Tensor, hulls: Sequence[Tensor],
             delta = torch.linalg.solve(H, -g).reshape(M, 6)
             t = t + delta[:, :3]
             R = axis_angle_to_rotmat_(delta[:, 3:]) @ R
-        motion.trans[f - 1] = t
-        motion.rotvec[f - 1] = rotmat_to_axis_angle(R)
-        moved = motion.warp_with(canonical, idx, motion.rotvec[f - 1], t)
-        errors.append(float(chamfer(moved, target)))
+        return t, R
+
+    errors = [0.0]
+    rest = (torch.zeros(M, 3, device=dev, dtype=dt), torch.zeros(M, 3, device=dev, dtype=dt))
+    for f in range(1, motion.num_keys):
+        if cancel is not None and cancel():
+            return errors
+        starts = [rest] if f == 1 else [(motion.trans[f - 2].clone(), motion.rotvec[f - 2].clone())]
+        if from_rest and f > 1:
+            starts.append(rest)
+        best = None
+        for t0, rv0 in starts:
+            t, R = track_frame(t0, axis_angle_to_rotmat_(rv0), hulls[f])
+            rv = rotmat_to_axis_angle(R)
+            err = float(chamfer(motion.warp_with(canonical, idx, rv, t), hulls[f]))
+            if best is None or err < best[0]:
+                best = (err, t, rv)
+        errors.append(best[0])
+        motion.trans[f - 1] = best[1]
+        motion.rotvec[f - 1] = best[2]
     return errors
 
 
