@@ -54,6 +54,15 @@ def shift_gauge(K, w2c, centre=None) -> Tensor:
     return _projector(torch.cat([common, translation], 1))
 
 
+def project_shifts(shifts: Tensor, projector: Tensor) -> Tensor:
+    """Shifts [F, V, 2] with ``projector`` [2V, 2V] (``shift_gauge``) applied to their mean over the
+    frames: what would move the whole scene is removed, each frame's deviation from the mean is kept."""
+    Fr, V, _ = shifts.shape
+    raw = shifts.reshape(Fr, 2 * V)
+    mean = raw.mean(0, keepdim=True)
+    return (raw - mean + mean @ projector.T.to(raw.dtype)).reshape(Fr, V, 2)
+
+
 class ImageCorrections(nn.Module):
     """Corrections for ``frames`` x ``views`` training images (identity at construction)."""
 
@@ -75,9 +84,10 @@ class ImageCorrections(nn.Module):
 
     @property
     def shift(self) -> Tensor:
-        """[F, V, 2] pixels (per frame: no common part, no part a 3-D translation would explain)."""
-        Fr, V, _ = self.raw_shift.shape
-        return (self.raw_shift.reshape(Fr, 2 * V) @ self.shift_projector.T).reshape(Fr, V, 2)
+        """[F, V, 2] pixels. Their mean over the frames has no common part and no part a 3-D
+        translation of the object would explain (those would move the whole scene); a frame's
+        deviation from that mean may have (the motion field and the shifts share it)."""
+        return project_shifts(self.raw_shift, self.shift_projector)
 
     @property
     def log_gain(self) -> Tensor:

@@ -26,7 +26,7 @@ from backend.errors import Cancelled, InvalidInput
 from .align import align_silhouettes, shifted_intrinsics
 from .carve import initial_points, silhouettes, surface_voxels, visual_hull
 from .inputs import FitInputs, check_inputs
-from .corrections import ImageCorrections, shift_gauge
+from .corrections import ImageCorrections, project_shifts, shift_gauge
 from .losses import LOSS_NAMES, PhotometricLoss, blur_images, psnr
 from .model import Gaussians
 from .motion import MotionField, farthest_point_sampling, knn
@@ -196,8 +196,7 @@ class _Fitter:
             for f in range(self.F):
                 self.shift0[f] = align_silhouettes(self.masks[:, f], d.K, d.w2c, resolution=o.carve_resolution)
             # carve with the shifts the corrections will start from (what the scene cannot explain)
-            gauge = shift_gauge(d.K, d.w2c).double().numpy()
-            self.shift0 = (self.shift0.reshape(self.F, -1) @ gauge.T).reshape(self.F, self.V, 2)
+            self.shift0 = project_shifts(torch.as_tensor(self.shift0), shift_gauge(d.K, d.w2c)).numpy()
         masks0 = self.masks[:, 0]
         pts, cols, step = initial_points(d.rgb[:, 0], masks0, self._carve_K(0), d.w2c, o.num_gaussians, self.rng,
                                          resolution=o.carve_resolution)
