@@ -17,6 +17,9 @@ For each ground-truth asset (``<assets>/animated/gt/NAME_v16_f8_RES.npz``): fit 
     python scripts/bench_recon.py --alpha                # also give the fit the coverage alpha
     python scripts/bench_recon.py --res 256 --device cuda  # GPU (gsplat) at 256²
     python scripts/bench_recon.py --gt /tmp/Fox_v42_f25_576.npz --device cuda --time-budget 55  # paper size
+    # ablation at a fixed iteration budget (load-independent), one thread, per-frame figures:
+    python scripts/bench_recon.py --asset Fox --threads 1 --time-budget 0 --iterations 600 \
+        --options '{"corrections": false}' --per-frame
 
 Every fit gets a time budget (default 170 s, so the 3-minute target holds by construction: the fit's
 schedule adapts to the time it has); ``--time-budget 0`` runs the iteration budget alone.
@@ -119,8 +122,12 @@ def evaluate(result, d, test: np.ndarray) -> dict:
     disp = result.displacement(verts[0], times).astype(np.float64)
     err = np.linalg.norm(verts[0][None] + disp - verts, axis=-1)[1:].mean()
     still = np.linalg.norm(verts[0][None] - verts, axis=-1)[1:].mean()
+    err_f = np.linalg.norm(verts[0][None] + disp - verts, axis=-1).mean(1)
+    still_f = np.linalg.norm(verts[0][None] - verts, axis=-1).mean(1)
     return {"psnr": float(p.mean()), "ssim": float(s.mean()), "motion_error": float(err),
-            "still_error": float(still), "motion_ratio": float(err / max(still, 1e-12))}
+            "still_error": float(still), "motion_ratio": float(err / max(still, 1e-12)),
+            "psnr_per_frame": [float(x) for x in p.reshape(F, -1).mean(1)],
+            "motion_ratio_per_frame": [float(e / max(s_, 1e-12)) for e, s_ in zip(err_f[1:], still_f[1:])]}
 
 
 def run_fit(images, d, train, opts, label):
@@ -142,7 +149,7 @@ def bench_asset(name: str, args, path: Path | None = None) -> dict:
     V = d["images"].shape[0]
     train, test = np.arange(0, V, 2), np.arange(1, V, 2)
     images = d["images"][train] if args.alpha else d["images"][train][..., :3]
-    opts = {"seed": args.seed, "device": args.device}
+    opts = {"seed": args.seed, "device": args.device, **args.options}
     if args.iterations:
         opts["iterations"] = args.iterations
     if args.time_budget and args.time_budget > 0:
@@ -162,14 +169,27 @@ def bench_asset(name: str, args, path: Path | None = None) -> dict:
         bad = corrupt(images, seed=args.seed + 1)
         r2, wall2, cpu2 = run_fit(bad, d, train, opts, name + " corrupted")
         e2 = evaluate(r2, d, test)
+        corr2 = r2.summary.get("corrections") or {}
         row.update({"robust_psnr": e2["psnr"], "robust_drop_db": row["psnr"] - e2["psnr"],
-                    "robust_motion_ratio": e2["motion_ratio"], "robust_wall_s": wall2})
+                    "robust_motion_ratio": e2["motion_ratio"], "robust_wall_s": wall2,
+                    "robust_psnr_per_frame": e2["psnr_per_frame"],
+                    "robust_shift_px_mean": corr2.get("shift_px_mean", 0.0)})
     print(f"   {name}: PSNR {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}  baseline {row['baseline_psnr']:.2f} dB "
           f"(+{row['margin_db']:.2f})  motion ratio {row['motion_ratio']:.3f}"
           + (f"  robust drop {row['robust_drop_db']:.2f} dB" if args.robust else "")
           + f"  wall {wall:.0f} s  cpu {cpu:.0f} s  iterations {result.summary['iterations']} "
           f"({result.summary['stop_reason']})  N {result.num_gaussians}  loss {result.summary['loss']}  "
           f"load {load0:.1f}->{row['load_after']:.1f}", flush=True)
+    corr = result.summary.get("corrections")
+    if corr:
+        print(f"   {name}: per-image corrections: shift mean {corr['shift_px_mean']:.2f} px (max {corr['shift_px_max']:.2f}), "
+              f"gain {corr['gain_min']:.3f}..{corr['gain_max']:.3f}, |bias| <= {corr['bias_abs_max']:.3f}"
+              + (f"; corrupted fit: shift mean {row['robust_shift_px_mean']:.2f} px" if args.robust else ""), flush=True)
+    if args.per_frame:
+        print(f"   {name}: unseen PSNR per frame {np.round(row['psnr_per_frame'], 2).tolist()}")
+        print(f"   {name}: motion ratio per frame 1.. {np.round(row['motion_ratio_per_frame'], 3).tolist()}")
+        if args.robust:
+            print(f"   {name}: corrupted, unseen PSNR per frame {np.round(row['robust_psnr_per_frame'], 2).tolist()}")
     return row
 
 
@@ -188,11 +208,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, help="write the rows as JSON here")
+    ap.add_argument("--options", type=json.loads, default={},
+                    help="extra fit options as JSON, e.g. '{\"corrections\": false, \"num_nodes\": 128}'")
+    ap.add_argument("--per-frame", action="store_true", help="also print unseen PSNR and motion ratio per frame")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load {os.getloadavg()[0]:.1f}, device {args.device}", flush=True)
+          f"load {os.getloadavg()[0]:.1f}, device {args.device}"
+          + (f", fit options {json.dumps(args.options)}" if args.options else ""), flush=True)
     if args.gt:
         rows = [bench_asset(p.stem, args, p) for p in args.gt]
     else:
