@@ -147,7 +147,9 @@ def test_silhouette_alignment_finds_a_shifted_silhouette_and_restores_the_hull()
     true[2] = [-2.0, 1.0]
     expected = (shift_gauge(rig.K, rig.w2c).numpy() @ true.reshape(-1)).reshape(8, 2)
     assert np.linalg.norm(shifts - expected, axis=-1).max() < 0.6, (shifts, expected)
-    truth = visual_hull(silhouettes(_render(rig)[:, 0].astype(np.float32) / 255), rig.K, rig.w2c, dilation=0)[0]
+    consistent = silhouettes(_render(rig)[:, 0].astype(np.float32) / 255)
+    assert np.all(align_silhouettes(consistent, rig.K, rig.w2c) == 0.0)  # nothing to align: left alone
+    truth = visual_hull(consistent, rig.K, rig.w2c, dilation=0)[0]
     raw = visual_hull(masks, rig.K, rig.w2c, dilation=0)[0]
     aligned = visual_hull(masks, shifted_intrinsics(rig.K, shifts), rig.w2c, dilation=0)[0]
     assert len(raw) < 0.9 * len(truth)  # the shifted silhouette shaves the hull

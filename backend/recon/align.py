@@ -36,12 +36,14 @@ def shifted_intrinsics(K: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 
 def align_silhouettes(masks: np.ndarray, K: np.ndarray, w2c: np.ndarray, *, max_shift: float = 3.0,
                       resolution: int = 48, steps: int = 60, lr: float = 0.1, blur_px: float = 0.75,
-                      prior: float = 0.01) -> np.ndarray:
+                      prior: float = 0.01, min_gain: float = 0.03) -> np.ndarray:
     """Shifts [V, 2] (pixels, x along the width) that make silhouettes masks [V, H, W] (cameras
     K [V, 3, 3], OpenCV w2c [V, 4, 4]) carve the largest common hull, with no common part and no part
     a 3-D translation of the object would explain (``corrections.shift_gauge``: the volume does not
     change along those); ``prior`` pulls them toward zero where the volume is flat. Zeros when there
-    is nothing to align (fewer than 3 views or no hull)."""
+    is nothing to align (fewer than 3 views or no hull) or when the shifts grow the (hard) visual hull
+    by less than ``min_gain`` (consistent silhouettes: measured on the ground-truth renders, the
+    found shifts grow it by at most 2 %, against 6-50 % on the same renders shifted by up to 2 px)."""
     V, H, W = masks.shape
     if V < 3:
         return np.zeros((V, 2))
@@ -80,5 +82,9 @@ def align_silhouettes(masks: np.ndarray, K: np.ndarray, w2c: np.ndarray, *, max_
         with torch.no_grad():
             raw.clamp_(-max_shift, max_shift)
     with torch.no_grad():
-        s = (gauge @ raw.reshape(-1)).reshape(V, 2)
-    return s.numpy().astype(np.float64)
+        s = (gauge @ raw.reshape(-1)).reshape(V, 2).numpy().astype(np.float64)
+    before = visual_hull(masks, K, w2c, resolution=resolution, dilation=0)[0].shape[0]
+    after = visual_hull(masks, shifted_intrinsics(K, s), w2c, resolution=resolution, dilation=0)[0].shape[0]
+    if after < (1.0 + min_gain) * before:
+        return np.zeros((V, 2))
+    return s
