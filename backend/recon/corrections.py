@@ -124,11 +124,14 @@ class ImageCorrections(nn.Module):
         gain = torch.exp(self.log_gain[frames])[:, :, None, None, :]
         return rgb * gain + self.bias[frames][:, :, None, None, :]
 
-    def regulariser(self, shift_scale: float = 1.0, colour_scale: float = 0.05) -> Tensor:
+    def regulariser(self, shift_weight: float = 1.0, colour_weight: float = 1.0, shift_scale: float = 1.0,
+                    colour_scale: float = 0.05) -> Tensor:
         """Squared distance from the identity, dimensionless: shifts over ``shift_scale`` pixels,
-        gains and biases over ``colour_scale`` (a typical size of the errors being corrected)."""
-        return ((self.shift / shift_scale) ** 2).sum(-1).mean() + (
-            (self.log_gain / colour_scale) ** 2 + (self.bias / colour_scale) ** 2).sum(-1).mean()
+        gains and biases over ``colour_scale`` (a typical size of the errors being corrected),
+        each mean over the images and weighted."""
+        shift = ((self.shift / shift_scale) ** 2).sum(-1).mean()
+        colour = ((self.log_gain / colour_scale) ** 2 + (self.bias / colour_scale) ** 2).sum(-1).mean()
+        return shift_weight * shift + colour_weight * colour
 
     @torch.no_grad()
     def report(self) -> dict:

@@ -46,7 +46,7 @@ class FitOptions:
     time_budget_s: float | None = None  # stop after this many seconds of optimisation
     num_gaussians: int = 2000         # initial count (on the visual hull of frame 0)
     max_gaussians: int = 8000
-    num_nodes: int = 192              # deformation-graph nodes
+    num_nodes: int = 96               # deformation-graph nodes
     k_blend: int = 4                  # nodes blended per point
     frames_per_step: int = 2          # frames per step (all views of each); frame 0 is always one of them
     canonical_warmup: float = 0.15    # fraction of the budget fitting frame 0 alone (the canonical scene)
@@ -59,8 +59,10 @@ class FitOptions:
     lr_scales: float = 0.01
     lr_quats: float = 0.002
     lr_offsets: float = 1e-3          # per-keyframe residual offsets
-    lr_motion: float = 2e-3
-    lr_rotation: float = 4e-3
+    # node translations / rotations in the photometric phase; None: 0 when the motion is tracked (the
+    # tracked field is kept: measured better motion transfer and unseen-view PSNR), else 2e-3 / 4e-3
+    lr_motion: float | None = None
+    lr_rotation: float | None = None
     w_alpha: float = 0.5              # coverage loss when the images carry alpha
     w_outside: float = 0.5            # silhouette: projected centres outside the silhouette
     w_coverage: float = 0.5           # silhouette: silhouette pixels far from every centre
@@ -72,7 +74,7 @@ class FitOptions:
     w_hull: float = 1.0               # chamfer between moved Gaussians and each frame's visual hull
     track: bool = True                # initialise the motion by tracking the per-frame visual hulls
     track_iterations: int = 10        # Gauss-Newton iterations per frame when tracking
-    track_rigidity: float = 0.003     # ARAP weight of the tracking (against the hull distances)
+    track_rigidity: float = 0.001     # ARAP weight of the tracking (against the hull distances)
     track_from_rest: bool = False     # also start each frame's tracking from the rest pose; keep the closer
     hull_tolerance: int = 0           # views allowed to disagree when carving a frame's hull
     max_hull_points: int = 3000       # surface voxels per hull (the carving grid is coarsened to fit)
@@ -86,7 +88,8 @@ class FitOptions:
     corrections: bool = True          # per training image sub-pixel shift + colour gain/bias (fit only)
     lr_shift: float = 0.05            # pixels per step (Adam)
     lr_colour: float = 0.01           # gain (log) and bias per step (Adam)
-    w_corrections: float = 1e-4       # pull toward the identity (shifts over 1 px, colour over 0.05)
+    w_shift_prior: float = 1e-4       # pull of the shifts toward none (squared shift over 1 px)
+    w_colour_prior: float = 1e-4      # pull of gains and biases toward the identity (over 0.05)
     align_silhouettes: bool = True    # with corrections: estimate the shifts from the silhouettes before carving
     early_stop_patience: int = 4      # windows of 50 iterations without 0.2 % improvement
     carve_resolution: int = 48
@@ -127,6 +130,10 @@ def make_options(options: dict) -> FitOptions:
     if unknown:
         raise InvalidInput(unknown[0], f"unknown fit option; known options: {', '.join(sorted(known))}")
     opts = FitOptions(**options)
+    if opts.lr_motion is None:
+        opts.lr_motion = 0.0 if opts.track else 2e-3
+    if opts.lr_rotation is None:
+        opts.lr_rotation = 0.0 if opts.track else 4e-3
     opts.check()
     return opts
 
@@ -208,6 +215,10 @@ class _Fitter:
         nodes = pts_t[farthest_point_sampling(pts_t, o.num_nodes, seed=o.seed)]
         motion = MotionField(nodes, torch.tensor(d.times), k_blend=o.k_blend).to(self.device)
         motion.nodes.requires_grad_(False)
+        if o.lr_motion == 0 and o.lr_rotation == 0:  # the motion field stays as tracked (poses and blend radii)
+            motion.trans.requires_grad_(False)
+            motion.rotvec.requires_grad_(False)
+            motion.log_radius.requires_grad_(False)
         self.hulls = None
         if o.w_hull > 0 or o.track:
             # one grid for every frame (unmoved parts then match exactly), coarse enough that the
@@ -321,14 +332,15 @@ class _Fitter:
                 if target.shape[0] > 0:
                     hull = hull + chamfer(means[i, pick], target[self._subsample(target.shape[0], 1500)])
             total = total + o.w_hull * hull / frames.shape[0]
-        if o.w_arap > 0:
+        frozen = o.lr_motion == 0 and o.lr_rotation == 0  # the keyframes' node poses stay as tracked
+        if o.w_arap > 0 and not frozen:
             total = total + o.w_arap * m.arap_loss(active)
         if o.w_residual > 0 and g.offsets.numel():
             total = total + o.w_residual * (g.offsets**2).sum(-1).mean() / m.edge_scale
-        if o.w_smooth > 0:
+        if o.w_smooth > 0 and not frozen:
             total = total + o.w_smooth * m.smoothness_loss(active)
-        if o.corrections and o.w_corrections > 0:
-            total = total + o.w_corrections * c.regulariser()
+        if o.corrections and (o.w_shift_prior > 0 or o.w_colour_prior > 0):
+            total = total + c.regulariser(o.w_shift_prior, o.w_colour_prior)
         return total
 
     def _pick_frames(self, active: int, warmup: bool) -> torch.Tensor:
