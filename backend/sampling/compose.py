@@ -203,6 +203,7 @@ def _x0_at(video, multiview, element, x, sigma, w, combine, video_conds, multivi
         cols = x.transpose(0, 1).contiguous()  # [F, V, C, h, w]
         x0_cols = denoise_batched(multiview, cols, sigma, multiview_conds, max_batch, "multi-view",
                                   check=False).transpose(0, 1)
+        del cols  # freed before the blend allocates x0: one latent per entry less at the peak
     else:
         x0_cols = torch.zeros_like(x)
     parts = [(x0_rows, "video"), (x0_cols, "multi-view")]
