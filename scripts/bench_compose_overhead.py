@@ -6,24 +6,31 @@ batching) rather than inside the models' ``denoise`` calls, at V = 8, F = 8 on C
 side in one run. Memory: peak RSS growth while sampling, for growing V*F (one subprocess per size),
 with the per-entry cost and a linear fit.
 
-    .venv/bin/python scripts/bench_compose_overhead.py [--threads 1]
+    .venv/bin/python scripts/bench_compose_overhead.py [--threads 1] [--omp-wait default]
 
-OpenMP threads wait passively here (``OMP_WAIT_POLICY=PASSIVE`` unless set): on a shared machine,
-spin-waiting threads of tiny ops fight other processes for the cores and made every op up to 100x
-slower, which measures the machine's load rather than the sampler. The load average is printed.
+OpenMP's wait policy decides the figure more than anything in the sampler, so it is a choice here and
+printed with the load average. ``--omp-wait passive`` (the default here) suits a shared machine: threads
+that spin-wait between tiny ops fight other processes for the cores and made every op up to 100x slower.
+On a quiet machine, ``--omp-wait default`` (OpenMP's own: spin a little, then sleep) is what a user's
+process gets; there, passive waiting makes every small op after a network call pay for waking a
+sleeping thread (hundreds of microseconds on an idle virtual machine).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
+_OMP_WAIT = sys.argv[sys.argv.index("--omp-wait") + 1] if "--omp-wait" in sys.argv[:-1] else "passive"
+if _OMP_WAIT == "passive":
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
+elif _OMP_WAIT == "default":
+    os.environ.pop("OMP_WAIT_POLICY", None)
 
 import argparse
 import json
 import resource
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -100,6 +107,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2 = this machine's cores)")
+    ap.add_argument("--repeats", type=int, default=9, help="overhead runs (the median is reported)")
+    ap.add_argument("--omp-wait", choices=("passive", "default"), default="passive",
+                    help="OpenMP wait policy: passive (shared machine) or OpenMP's default (quiet machine)")
     ap.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -109,20 +119,20 @@ def main() -> None:
         return
 
     run_once(8, 8, 2, 16)  # warm-up
-    print(f"torch threads {args.threads}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+    print(f"torch threads {args.threads}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(OpenMP default)')}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     print(f"overhead at V=8, F=8, latent 4x16x16, {args.steps} steps + VRS (10 x 2), dummy models of two 3x3 convs "
           f"(64 hidden channels):")
     shares, bare = [], []
-    for rep in range(5):
+    for rep in range(args.repeats):
         r = run_once(8, 8, args.steps, 16, seed=rep)
         shares.append(r["overhead_share"])
         bare.append(run_once(8, 8, args.steps, 16, seed=rep, kind="scale")["total_s"])
         print(f"  run {rep}: total {r['total_s']:.3f} s, inside models {r['model_s']:.3f} s, "
               f"sampler overhead {100 * r['overhead_share']:.2f} %; same run with zero-cost models {bare[-1]:.4f} s")
-    med = sorted(shares)[2]
+    med = sorted(shares)[len(shares) // 2]
     print(f"  median sampler overhead share: {100 * med:.2f} % (target <= 5 %); "
-          f"zero-cost total per sub-step: {1000 * sorted(bare)[2] / (args.steps + 10):.3f} ms")
+          f"zero-cost total per sub-step: {1000 * sorted(bare)[len(bare) // 2] / (args.steps + 10):.3f} ms")
 
     print("\npeak memory growth while sampling (least of 3 fresh processes per size; zero-cost models, so this is the sampler's "
           "own memory; latent 4x64x64 = 64 KiB per entry, 3 steps):")
@@ -130,7 +140,7 @@ def main() -> None:
     for V, F in ((4, 4), (4, 8), (8, 8), (8, 16), (16, 16), (16, 32), (32, 32)):
         runs = []
         for _ in range(3):  # the least of three fresh processes: allocator arenas add transient, upward noise
-            out = subprocess.run([sys.executable, __file__, "--child", f"{V},{F},64"], capture_output=True, text=True,
+            out = subprocess.run([sys.executable, __file__, "--child", f"{V},{F},64", "--omp-wait", args.omp_wait], capture_output=True, text=True,
                                  check=True)
             runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = min(runs, key=lambda x: x["rss_growth_kb"])

@@ -126,8 +126,16 @@ def test_known_entries_come_out_exactly_and_steer_the_rest(setup):
     values = torch.randn(V, F, *LATENT, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     kw = dict(video_conds=vconds, multiview_conds=mconds, weight=logistic_weight(), vrs=VRS(2, 2),
               generator=torch.Generator().manual_seed(0))
-    out = sample_matrix(rows, cols, x_T, sigmas, known=Known(mask, values), **kw)
+    x_T_before = x_T.clone()
+    previews = []
+    out = sample_matrix(rows, cols, x_T, sigmas, known=Known(mask, values), on_step=lambda i, n, x0: previews.append(x0),
+                        **kw)
     assert torch.equal(out[mask], values[mask])
+    assert torch.equal(x_T, x_T_before)  # the sampler works in place on its own copy, never on the caller's noise
+    assert len(previews) == len(sigmas) - 1 and len({p.data_ptr() for p in previews}) == len(previews)  # kept, not reused
+    for x0 in previews:  # every preview shows the given entries as given
+        assert torch.equal(x0[mask], values[mask])
+    assert (previews[0][~mask] - out[~mask]).abs().max() > 1e-3  # previews are the step's estimate, not the result
     free = sample_matrix(rows, cols, x_T, sigmas, **{**kw, "generator": torch.Generator().manual_seed(0)})
     assert (out[~mask] - free[~mask]).abs().max() > 1e-3  # the given entries inform the others
 

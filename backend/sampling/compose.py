@@ -130,11 +130,8 @@ def sample_matrix(
                               vrs, known, max_batch)
     sig = [float(s) for s in sigmas]
     num_steps = len(sig) - 1
-    x = x_T.clone()
-    if known is not None:
-        mask = known.mask.to(x.device).view(V, F, 1, 1, 1)
-        values = known.values.to(device=x.device, dtype=x.dtype)
-        known_noise = x_T / sig[0]
+    x = x_T.clone()  # updated in place from here on: the sampler's own work is a few passes per step
+    held = _HeldEntries(known, x_T, sig[0]) if known is not None else None
     element_conds = [video_conds[v] for v in range(V) for _ in range(F)] if combine == "theorem" else None
 
     for i in range(num_steps):
@@ -144,22 +141,52 @@ def sample_matrix(
         for r in range(repeats):
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"sampling cancelled at step {i + 1} of {num_steps}")
-            if known is not None:
-                x = torch.where(mask, values + s_cur * known_noise, x)
+            if held is not None:
+                held.noised_into(x, s_cur)
             x0 = _x0_at(video, multiview, element, x, s_cur, w, combine, video_conds, multiview_conds, element_conds,
                         max_batch)
-            if known is not None:
-                x0 = torch.where(mask, values, x0)
-            # Euler step of dx/dsigma = (x - x0) / sigma:  x + (s_next - s_cur) * (x - x0) / s_cur
-            x = torch.lerp(x0, x, s_next / s_cur)
+            euler_step_(x, x0, s_cur, s_next)
             if r < repeats - 1:  # interpolated step: re-noise back to s_cur and take the step again
-                noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-                x = x + math.sqrt(max(s_cur**2 - s_next**2, 0.0)) * noise
+                renoise_(x, math.sqrt(max(s_cur**2 - s_next**2, 0.0)), generator)
         if on_step is not None:
+            if held is not None:
+                held.clean_into(x0)  # x0 is a fresh tensor each sub-step: the preview may keep it
             on_step(i, num_steps, x0)
-    if known is not None:
-        x = torch.where(mask, values, x)
+    if held is not None:
+        held.clean_into(x)
     return x
+
+
+def euler_step_(x: Tensor, x0: Tensor, s_cur: float, s_next: float) -> None:
+    """In place: x <- x + (s_next - s_cur) * (x - x0) / s_cur, the probability-flow ODE's Euler step
+    (dx/dsigma = (x - x0) / sigma), written as lerp(x0, x, s_next / s_cur) in one pass."""
+    torch.lerp(x0, x, s_next / s_cur, out=x)
+
+
+def renoise_(x: Tensor, scale: float, generator: torch.Generator | None) -> None:
+    """In place: x <- x + scale * eps, eps ~ N(0, I) drawn from ``generator`` (VRS's interpolated steps)."""
+    eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    x.add_(eps, alpha=scale)
+
+
+class _HeldEntries:
+    """The given entries of ``Known``, written into a matrix in place (only those entries are touched).
+
+    At noise level sigma a given entry is its true value plus sigma times the initial noise's unit draw
+    (x_T / sigma_0), so the given entries follow the same noise path as a plain sampler would.
+    """
+
+    def __init__(self, known: Known, x_T: Tensor, sigma0: float):
+        mask = known.mask.to(x_T.device)
+        self.index = tuple(mask.nonzero(as_tuple=True))  # ([K], [K])
+        self.values = known.values.to(device=x_T.device, dtype=x_T.dtype)[self.index]  # [K, C, h, w]
+        self.unit_noise = x_T[self.index] / sigma0
+
+    def noised_into(self, x: Tensor, sigma: float) -> None:
+        x[self.index] = torch.add(self.values, self.unit_noise, alpha=sigma)
+
+    def clean_into(self, x: Tensor) -> None:
+        x[self.index] = self.values
 
 
 def _x0_at(video, multiview, element, x, sigma, w, combine, video_conds, multiview_conds, element_conds, max_batch):
@@ -176,6 +203,7 @@ def _x0_at(video, multiview, element, x, sigma, w, combine, video_conds, multivi
         cols = x.transpose(0, 1).contiguous()  # [F, V, C, h, w]
         x0_cols = denoise_batched(multiview, cols, sigma, multiview_conds, max_batch, "multi-view",
                                   check=False).transpose(0, 1)
+        del cols  # freed before the blend allocates x0: one latent per entry less at the peak
     else:
         x0_cols = torch.zeros_like(x)
     parts = [(x0_rows, "video"), (x0_cols, "multi-view")]

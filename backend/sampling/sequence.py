@@ -14,7 +14,7 @@ from torch import Tensor
 
 from backend.errors import Cancelled, InvalidInput
 from backend.models.base import Cond, SequenceDenoiser
-from backend.sampling.compose import VRS, denoise_batched
+from backend.sampling.compose import VRS, denoise_batched, euler_step_, renoise_
 
 
 @torch.no_grad()
@@ -67,10 +67,9 @@ def sample_sequences(
             x0 = denoise_batched(model, x, sig[i], conds, max_batch, "sequence")
             if mask is not None:
                 x0 = torch.where(mask, values, x0)
-            x = torch.lerp(x0, x, sig[i + 1] / sig[i])  # Euler step
+            euler_step_(x, x0, sig[i], sig[i + 1])
             if r < repeats - 1:
-                eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-                x = x + math.sqrt(max(sig[i] ** 2 - sig[i + 1] ** 2, 0.0)) * eps
+                renoise_(x, math.sqrt(max(sig[i] ** 2 - sig[i + 1] ** 2, 0.0)), generator)
         if on_step is not None:
             on_step(i, num_steps, x0)
     if mask is not None:
