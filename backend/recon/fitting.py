@@ -46,7 +46,7 @@ class FitOptions:
     time_budget_s: float | None = None  # stop after this many seconds of optimisation
     num_gaussians: int = 2000         # initial count (on the visual hull of frame 0)
     max_gaussians: int = 8000
-    num_nodes: int = 96               # deformation-graph nodes
+    num_nodes: int = 192              # deformation-graph nodes
     k_blend: int = 4                  # nodes blended per point
     frames_per_step: int = 2          # frames per step (all views of each); frame 0 is always one of them
     canonical_warmup: float = 0.15    # fraction of the budget fitting frame 0 alone (the canonical scene)
@@ -59,8 +59,9 @@ class FitOptions:
     lr_scales: float = 0.01
     lr_quats: float = 0.002
     lr_offsets: float = 1e-3          # per-keyframe residual offsets
-    # node translations / rotations in the photometric phase; None: 0 when the motion is tracked (the
-    # tracked field is kept: measured better motion transfer and unseen-view PSNR), else 2e-3 / 4e-3
+    # node translations / rotations in the photometric phase; None: 5e-4 / 1e-3 when the motion is
+    # tracked (the photometric loss only refines it: at 2e-3 it dragged RiggedFigure's static parts,
+    # at 0 AnimatedMorphCube lost 2 dB), else 2e-3 / 4e-3. Both 0: the tracked field is kept as it is.
     lr_motion: float | None = None
     lr_rotation: float | None = None
     w_alpha: float = 0.5              # coverage loss when the images carry alpha
@@ -74,7 +75,7 @@ class FitOptions:
     w_hull: float = 1.0               # chamfer between moved Gaussians and each frame's visual hull
     track: bool = True                # initialise the motion by tracking the per-frame visual hulls
     track_iterations: int = 10        # Gauss-Newton iterations per frame when tracking
-    track_rigidity: float = 0.001     # ARAP weight of the tracking (against the hull distances)
+    track_rigidity: float = 0.003     # ARAP weight of the tracking (against the hull distances)
     track_from_rest: bool = False     # also start each frame's tracking from the rest pose; keep the closer
     hull_tolerance: int = 0           # views allowed to disagree when carving a frame's hull
     max_hull_points: int = 3000       # surface voxels per hull (the carving grid is coarsened to fit)
@@ -131,9 +132,9 @@ def make_options(options: dict) -> FitOptions:
         raise InvalidInput(unknown[0], f"unknown fit option; known options: {', '.join(sorted(known))}")
     opts = FitOptions(**options)
     if opts.lr_motion is None:
-        opts.lr_motion = 0.0 if opts.track else 2e-3
+        opts.lr_motion = 5e-4 if opts.track else 2e-3
     if opts.lr_rotation is None:
-        opts.lr_rotation = 0.0 if opts.track else 4e-3
+        opts.lr_rotation = 1e-3 if opts.track else 4e-3
     opts.check()
     return opts
 
