@@ -70,3 +70,6 @@ def test_iteration_budget_of_zero_and_unknown_options_are_refused():
     _refused("loss", images, K, w2c, times, loss="mse")
     _refused("cancel", images, K, w2c, times, cancel=object())
     _refused("colour_space", images, K, w2c, times, colour_space="hsv")
+    _refused("lr_shift", images, K, w2c, times, lr_shift=-0.1)
+    _refused("w_shift_prior", images, K, w2c, times, w_shift_prior=float("nan"))
+    _refused("lr_motion", images, K, w2c, times, lr_motion="fast")

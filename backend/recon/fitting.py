@@ -109,6 +109,10 @@ class FitOptions:
                 raise InvalidInput(name, f"must be an integer of at least 1, got {value!r}")
         if self.max_gaussians < self.num_gaussians:
             raise InvalidInput("max_gaussians", f"must be at least num_gaussians ({self.num_gaussians}), got {self.max_gaussians}")
+        for name in ("lr_shift", "lr_colour", "w_shift_prior", "w_colour_prior", "lr_motion", "lr_rotation"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) or value < 0:
+                raise InvalidInput(name, f"must be a finite number of at least 0, got {value!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise InvalidInput("time_budget_s", f"must be positive seconds or None, got {self.time_budget_s!r}")
         if self.loss not in LOSS_NAMES:
