@@ -62,19 +62,24 @@ def denoise_batched(model: SequenceDenoiser, x: Tensor, sigma: float, conds: Seq
     check: raise FloatingPointError on NaN/inf in the output (callers that check a combination of
     several outputs at once pass False and call ``check_finite`` themselves)."""
     batch = x.shape[0]
-    step = batch if max_batch is None else max_batch
-    outs = []
-    for start in range(0, batch, step):
-        chunk = x[start:start + step]
-        sig = torch.full((chunk.shape[0],), sigma, dtype=x.dtype, device=x.device)
-        out = model.denoise(chunk, sig, list(conds[start:start + step]))
-        if out.shape != chunk.shape:
-            raise RuntimeError(f"{name} model returned shape {tuple(out.shape)} for input {tuple(chunk.shape)}")
-        outs.append(out.to(x.dtype))
-    out = outs[0] if len(outs) == 1 else torch.cat(outs)
+    if max_batch is None or max_batch >= batch:  # one call: no slicing, no concatenation
+        out = _denoise_checked(model, x, sigma, conds if isinstance(conds, list) else list(conds), name)
+    else:
+        out = torch.cat([_denoise_checked(model, x[start:start + max_batch], sigma,
+                                          list(conds[start:start + max_batch]), name)
+                         for start in range(0, batch, max_batch)])
     if check:
         check_finite(out, sigma, name)
     return out
+
+
+def _denoise_checked(model: SequenceDenoiser, chunk: Tensor, sigma: float, conds: list, name: str) -> Tensor:
+    """One network call on chunk [B, T, C, h, w] at one noise level; the output must keep the input's shape."""
+    sig = torch.full((chunk.shape[0],), sigma, dtype=chunk.dtype, device=chunk.device)
+    out = model.denoise(chunk, sig, conds)
+    if out.shape != chunk.shape:
+        raise RuntimeError(f"{name} model returned shape {tuple(out.shape)} for input {tuple(chunk.shape)}")
+    return out if out.dtype == chunk.dtype else out.to(chunk.dtype)
 
 
 def check_finite(out: Tensor, sigma: float, name: str) -> None:
@@ -197,13 +202,15 @@ def _x0_at(video, multiview, element, x, sigma, w, combine, video_conds, multivi
     need_cols = theorem or bool((w > 0).any())
     # Finiteness is checked once, on the composed x0 (NaN/inf in any part reaches it, even at weight 0 or
     # 1, since lerp computes a + w * (b - a)); only when it fails are the parts checked to name the model.
+    # The column-major copy is made first, while x is still in cache from the last Euler step (after a
+    # network call it would be read back from memory).
+    cols = x.transpose(0, 1).contiguous() if need_cols else None  # [F, V, C, h, w]
     x0_rows = (denoise_batched(video, x, sigma, video_conds, max_batch, "video", check=False) if need_rows
                else torch.zeros_like(x))
     if need_cols:
-        cols = x.transpose(0, 1).contiguous()  # [F, V, C, h, w]
         x0_cols = denoise_batched(multiview, cols, sigma, multiview_conds, max_batch, "multi-view",
                                   check=False).transpose(0, 1)
-        del cols  # freed before the blend allocates x0: one latent per entry less at the peak
+        del cols  # freed before the blend allocates x0
     else:
         x0_cols = torch.zeros_like(x)
     parts = [(x0_rows, "video"), (x0_cols, "multi-view")]
