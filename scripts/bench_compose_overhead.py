@@ -6,14 +6,14 @@ batching) rather than inside the models' ``denoise`` calls, at V = 8, F = 8 on C
 side in one run. Memory: peak RSS growth while sampling, for growing V*F (one subprocess per size),
 with the per-entry cost and a linear fit.
 
-    .venv/bin/python scripts/bench_compose_overhead.py [--threads 1] [--omp-wait default]
+    .venv/bin/python scripts/bench_compose_overhead.py [--threads 1] [--omp-wait passive]
 
 OpenMP's wait policy decides the figure more than anything in the sampler, so it is a choice here and
-printed with the load average. ``--omp-wait passive`` (the default here) suits a shared machine: threads
-that spin-wait between tiny ops fight other processes for the cores and made every op up to 100x slower.
-On a quiet machine, ``--omp-wait default`` (OpenMP's own: spin a little, then sleep) is what a user's
-process gets; there, passive waiting makes every small op after a network call pay for waking a
-sleeping thread (hundreds of microseconds on an idle virtual machine).
+printed with the load average. The default, ``--omp-wait default``, leaves OpenMP's own policy (spin a
+little, then sleep): what a user's process gets, and right on a quiet machine. ``--omp-wait passive``
+suits a shared, loaded machine, where threads that spin-wait between tiny ops fight other processes for
+the cores and made every op up to 100x slower; on a quiet machine passive waiting makes every small op
+after a network call pay for waking a sleeping thread (hundreds of microseconds on an idle VM).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 
-_OMP_WAIT = sys.argv[sys.argv.index("--omp-wait") + 1] if "--omp-wait" in sys.argv[:-1] else "passive"
+_OMP_WAIT = sys.argv[sys.argv.index("--omp-wait") + 1] if "--omp-wait" in sys.argv[:-1] else "default"
 if _OMP_WAIT == "passive":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts OpenMP
 elif _OMP_WAIT == "default":
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2 = this machine's cores)")
     ap.add_argument("--repeats", type=int, default=9, help="overhead runs (the median is reported)")
-    ap.add_argument("--omp-wait", choices=("passive", "default"), default="passive",
+    ap.add_argument("--omp-wait", choices=("passive", "default"), default="default",
                     help="OpenMP wait policy: passive (shared machine) or OpenMP's default (quiet machine)")
     ap.add_argument("--child", type=str, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
