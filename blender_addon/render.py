@@ -248,6 +248,18 @@ def render_image(scene, path: str | None = None) -> np.ndarray:
             os.remove(path)
 
 
+def run_steps(steps, progress=None):
+    """Run a step generator (yielding (done, total), returning its result) to its end in one call,
+    passing each step to ``progress(done, total)``; returns the generator's result."""
+    while True:
+        try:
+            done, total = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if progress is not None:
+            progress(done, total)
+
+
 def render_orbit(objects: Sequence, K: np.ndarray, w2c: np.ndarray, *, settings: RenderSettings,
                  norm: Normalisation, frames: Sequence[float] | None = None, progress=None) -> np.ndarray:
     """Render every camera (K [V,3,3], w2c [V,4,4] in normalised space) at every frame.
@@ -257,14 +269,7 @@ def render_orbit(objects: Sequence, K: np.ndarray, w2c: np.ndarray, *, settings:
     frame afterwards, so the shared objects show the user's frame again.
     Returns uint8 [V, F, H, W, 4] (F = 1 when frames is None).
     """
-    steps = iter_render_orbit(objects, K, w2c, settings=settings, norm=norm, frames=frames)
-    while True:
-        try:
-            done, total = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total)
+    return run_steps(iter_render_orbit(objects, K, w2c, settings=settings, norm=norm, frames=frames), progress)
 
 
 def iter_render_orbit(objects: Sequence, K: np.ndarray, w2c: np.ndarray, *, settings: RenderSettings,

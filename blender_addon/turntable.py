@@ -15,7 +15,7 @@ import bpy
 import numpy as np
 
 from .render import (Normalisation, RenderSettings, bounding_sphere_normalisation, evaluated_local_vertices,
-                     iter_render_orbit)
+                     iter_render_orbit, run_steps)
 from ._protocol import cameras as pcameras
 
 MESH_LIKE = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
@@ -82,15 +82,8 @@ def capture_turntable(obj, *, views: int, resolution: int, elevation_deg: float,
 
     The object, the user's scene (frame, selection, render settings, file paths) are left as they were.
     """
-    steps = iter_capture_turntable(obj, views=views, resolution=resolution, elevation_deg=elevation_deg,
-                                   settings=settings, send_vertices=send_vertices)
-    while True:
-        try:
-            done, total = next(steps)
-        except StopIteration as stop:
-            return stop.value
-        if progress is not None:
-            progress(done, total)
+    return run_steps(iter_capture_turntable(obj, views=views, resolution=resolution, elevation_deg=elevation_deg,
+                                            settings=settings, send_vertices=send_vertices), progress)
 
 
 def iter_capture_turntable(obj, *, views: int, resolution: int, elevation_deg: float, settings: RenderSettings,
