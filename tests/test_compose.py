@@ -229,3 +229,21 @@ def test_non_finite_multiview_output_is_named(setup):
     cols.denoise = lambda x, s, c: torch.full_like(x, float("inf"))
     with pytest.raises(FloatingPointError, match="multi-view model"):
         sample_matrix(rows, cols, x_T, sigmas, video_conds=vconds, multiview_conds=mconds, weight=0.5)
+
+
+def test_sample_sequences_holds_known_entries_like_the_matrix_sampler(setup):
+    """Plain sampling with given entries: exact where given, previews show them, and at w = 0 it is the
+    composed sampler's row sampling with the same given entries (same noise, same VRS draws)."""
+    rows, cols, _, vconds, mconds, sigmas, x_T = setup
+    mask = torch.zeros(V, F, dtype=torch.bool)
+    mask[:, 0] = True
+    mask[1, 2] = True
+    values = torch.randn(V, F, *LATENT, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    x_T_before, previews = x_T.clone(), []
+    out = sample_sequences(rows, x_T, sigmas, conds=vconds, known_mask=mask, known_values=values, vrs=VRS(2, 2),
+                           generator=torch.Generator().manual_seed(0), on_step=lambda i, n, x0: previews.append(x0))
+    assert torch.equal(out[mask], values[mask]) and torch.equal(x_T, x_T_before)
+    assert len(previews) == len(sigmas) - 1 and all(torch.equal(p[mask], values[mask]) for p in previews)
+    composed = sample_matrix(rows, cols, x_T, sigmas, video_conds=vconds, multiview_conds=mconds, weight=0.0,
+                             known=Known(mask, values), vrs=VRS(2, 2), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, composed, rtol=1e-9, atol=1e-9)

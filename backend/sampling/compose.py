@@ -136,7 +136,7 @@ def sample_matrix(
     sig = [float(s) for s in sigmas]
     num_steps = len(sig) - 1
     x = x_T.clone()  # updated in place from here on: the sampler's own work is a few passes per step
-    held = _HeldEntries(known, x_T, sig[0]) if known is not None else None
+    held = HeldEntries(known, x_T, sig[0]) if known is not None else None
     element_conds = [video_conds[v] for v in range(V) for _ in range(F)] if combine == "theorem" else None
 
     for i in range(num_steps):
@@ -174,8 +174,9 @@ def renoise_(x: Tensor, scale: float, generator: torch.Generator | None) -> None
     x.add_(eps, alpha=scale)
 
 
-class _HeldEntries:
-    """The given entries of ``Known``, written into a matrix in place (only those entries are touched).
+class HeldEntries:
+    """The given entries of ``Known`` (mask [A, B], values [A, B, C, h, w]), written into a matrix in place
+    (only those entries are touched); shared by ``sample_matrix`` and ``sample_sequences``.
 
     At noise level sigma a given entry is its true value plus sigma times the initial noise's unit draw
     (x_T / sigma_0), so the given entries follow the same noise path as a plain sampler would.
@@ -200,8 +201,6 @@ def _x0_at(video, multiview, element, x, sigma, w, combine, video_conds, multivi
     theorem = combine == "theorem"
     need_rows = theorem or bool((w < 1).any())  # w = 1 everywhere: the video model's x0 has weight 0
     need_cols = theorem or bool((w > 0).any())
-    # Finiteness is checked once, on the composed x0 (NaN/inf in any part reaches it, even at weight 0 or
-    # 1, since lerp computes a + w * (b - a)); only when it fails are the parts checked to name the model.
     # The column-major copy is made first, while x is still in cache from the last Euler step (after a
     # network call it would be read back from memory).
     cols = x.transpose(0, 1).contiguous() if need_cols else None  # [F, V, C, h, w]
@@ -222,6 +221,8 @@ def _x0_at(video, multiview, element, x, sigma, w, combine, video_conds, multivi
                                     check=False).reshape(x.shape)
         parts.append((x0_single, "element"))
         x0 = compose_x0(x0_rows, x0_cols, None, x0_single)
+    # Finiteness is checked once, on the composed x0 (NaN/inf in any part reaches it, even at weight 0 or
+    # 1, since lerp computes a + w * (b - a)); only when it fails are the parts checked to name the model.
     if not torch.isfinite(x0.sum()):
         for part, name in parts:
             check_finite(part, sigma, name)

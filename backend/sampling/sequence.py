@@ -14,7 +14,7 @@ from torch import Tensor
 
 from backend.errors import Cancelled, InvalidInput
 from backend.models.base import Cond, SequenceDenoiser
-from backend.sampling.compose import VRS, denoise_batched, euler_step_, renoise_
+from backend.sampling.compose import VRS, HeldEntries, Known, denoise_batched, euler_step_, renoise_
 
 
 @torch.no_grad()
@@ -52,26 +52,23 @@ def sample_sequences(
     sig = [float(v) for v in s]
     num_steps = len(sig) - 1
     x = x_T.clone()
-    mask = None
-    if known_mask is not None:
-        mask = known_mask.to(x.device).view(*known_mask.shape, 1, 1, 1)
-        values = known_values.to(device=x.device, dtype=x.dtype)
-        noise = x_T / sig[0]
+    held = HeldEntries(Known(known_mask, known_values), x_T, sig[0]) if known_mask is not None else None
     for i in range(num_steps):
         repeats = vrs.repeats if (vrs is not None and i < vrs.steps) else 1
         for r in range(repeats):
             if cancel is not None and cancel.is_set():
                 raise Cancelled(f"sampling cancelled at step {i + 1} of {num_steps}")
-            if mask is not None:
-                x = torch.where(mask, values + sig[i] * noise, x)
+            if held is not None:
+                held.noised_into(x, sig[i])
             x0 = denoise_batched(model, x, sig[i], conds, max_batch, "sequence")
-            if mask is not None:
-                x0 = torch.where(mask, values, x0)
             euler_step_(x, x0, sig[i], sig[i + 1])
             if r < repeats - 1:
                 renoise_(x, math.sqrt(max(sig[i] ** 2 - sig[i + 1] ** 2, 0.0)), generator)
         if on_step is not None:
+            if held is not None:  # the preview shows the given entries as given (on a copy: x0 is the model's)
+                x0 = x0.clone()
+                held.clean_into(x0)
             on_step(i, num_steps, x0)
-    if mask is not None:
-        x = torch.where(mask, values, x)
+    if held is not None:
+        held.clean_into(x)
     return x
