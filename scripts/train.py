@@ -38,11 +38,11 @@ import builtin_data as D  # noqa: E402
 from backend.models.base import EDMScaling, edm_training_sigmas  # noqa: E402
 from backend.models.builtin import SIGMA_MAX, SIGMA_MIN, default_configs  # noqa: E402
 from backend.models.builtin.autoencoder import AutoencoderNet, BuiltinAutoencoder  # noqa: E402
-from backend.models.builtin.config import AutoencoderConfig, DenoiserConfig, to_json  # noqa: E402
+from backend.models.builtin.config import AutoencoderConfig, DenoiserConfig, LiftConfig, to_json  # noqa: E402
 from backend.models.builtin.denoiser import BuiltinDenoiser, DenoiserNet  # noqa: E402
 from backend.models.builtin.metrics import iou, masked_psnr, psnr, silhouette, to_unit  # noqa: E402
 from backend.models.builtin.weights_io import (FILES, latent_space_id, load_autoencoder_net,  # noqa: E402
-                                               read_metadata, save_network)
+                                               load_denoiser_net, read_metadata, save_network)
 from backend.sampling.schedules import karras_sigmas  # noqa: E402
 from backend.sampling.sequence import sample_sequences  # noqa: E402
 
@@ -89,11 +89,17 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, step: int, decay: flo
 class Trainer:
     """Step loop with a time budget, progress bar, periodic eval and resumable checkpoints."""
 
-    def __init__(self, args, run: Path, net: torch.nn.Module, lr: float):
+    def __init__(self, args, run: Path, net: torch.nn.Module, lr: float, lr_mult: dict | None = None):
+        """lr_mult: {parameter-name prefix: learning-rate multiplier} (e.g. a new module beside warm-started ones)."""
         self.args, self.run = args, run
         self.net = net
         self.ema = copy.deepcopy(net).eval().requires_grad_(False)
-        self.opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
+        groups: dict[float, list] = {}
+        for name, p in net.named_parameters():
+            mult = next((m for prefix, m in (lr_mult or {}).items() if name.startswith(prefix)), 1.0)
+            groups.setdefault(mult, []).append(p)
+        self.opt = torch.optim.AdamW([{"params": ps, "mult": m} for m, ps in groups.items()], lr=lr, weight_decay=0.0,
+                                     betas=(0.9, 0.99))
         self.base_lr = lr
         self.step = 0
         self.elapsed = 0.0  # wall-clock training seconds over all sessions
@@ -138,7 +144,7 @@ class Trainer:
             t0, c0 = time.time(), time.process_time()
             lr = lr_at(self.progress(), self.base_lr)
             for g in self.opt.param_groups:
-                g["lr"] = lr
+                g["lr"] = lr * g.get("mult", 1.0)
             self.net.train()
             loss, parts = loss_fn(self)
             self.opt.zero_grad(set_to_none=True)
@@ -304,7 +310,54 @@ def denoiser_config(args, kind: str) -> DenoiserConfig:
         unet = replace(unet, full_attention=tuple(int(c) for c in args.full_attention.split(",") if c != ""))
     if args.temporal_attention is not None:
         unet = replace(unet, temporal_attention=tuple(int(c) for c in args.temporal_attention.split(",") if c != ""))
-    return replace(cfg, unet=unet, cond_dropout=args.cond_dropout)
+    lift = None  # the shipped multi-view model has the 3-D prior; train.py adds it only when asked (--lift)
+    if kind == "multiview" and getattr(args, "lift", False):
+        lift = LiftConfig()
+    unet = replace(unet, cond_channels=lift.channels if lift is not None else 0)
+    return replace(cfg, unet=unet, cond_dropout=args.cond_dropout, lift=lift)
+
+
+def warm_start(net: DenoiserNet, path: str) -> None:
+    """Copy a trained network's weights into ``net`` wherever names and shapes match; a wider first
+    convolution (new conditioning channels) keeps the old weights and starts the new inputs at zero,
+    so the warm-started network computes exactly what the old one did until it learns to use them."""
+    old, _ = load_denoiser_net(path, net.cfg.kind)
+    new = net.state_dict()
+    copied, widened = 0, []
+    for k, v in old.state_dict().items():
+        if k not in new:
+            continue
+        if new[k].shape == v.shape:
+            new[k] = v.clone()
+            copied += 1
+        elif k == "unet.conv_in.weight" and new[k].shape[1] > v.shape[1] and new[k].shape[0] == v.shape[0]:
+            w = torch.zeros_like(new[k])
+            w[:, : v.shape[1]] = v
+            new[k] = w
+            widened.append(k)
+        else:
+            raise SystemExit(f"--init {path}: {k} has shape {tuple(v.shape)}, this network {tuple(new[k].shape)}")
+    net.load_state_dict(new)
+    print(f"[init] {path}: {copied} tensors copied, widened {widened}, "
+          f"{len(new) - copied - len(widened)} new tensors left at their initialisation")
+
+
+def warm_start_facts(path: str) -> dict:
+    """What a warm start began from (recorded in the new weight file): its file, steps, minutes, command."""
+    meta = read_metadata(path)
+    return {"file": Path(path).name, "step": meta.get("step"), "minutes": meta.get("minutes"), "command": meta.get("command")}
+
+
+def lift_masks(data: str, split: str, n: int) -> torch.Tensor:
+    """Silhouette coverage at latent resolution from the renders' alpha: float16 [n, V, h, w] in [0, 1]."""
+    out = []
+    for f in D.shards(data, split):
+        with np.load(f) as d:
+            a = torch.from_numpy(d["images"][..., 3]).float().div_(255.0)
+        out.append(F.avg_pool2d(a.flatten(0, 1)[:, None], 4).view(*a.shape[:2], a.shape[-2] // 4, a.shape[-1] // 4).half())
+        if sum(len(o) for o in out) >= n:
+            break
+    return torch.cat(out)[:n]
 
 
 def cmd_denoiser(args) -> None:
@@ -328,8 +381,12 @@ def cmd_denoiser(args) -> None:
     cfg = denoiser_config(args, kind)
     (run / "config.json").write_text(json.dumps({"config": json.loads(to_json(cfg)), "latent_space": space,
                                                  "argv": sys.argv}, indent=1))
-    net = DenoiserNet(cfg).to(args.device)
+    net = DenoiserNet(cfg)
+    if args.init and not (run / "ckpt.pt").is_file():
+        warm_start(net, args.init)
+    net = net.to(args.device)
     print(f"[{kind}] {sum(p.numel() for p in net.parameters()) / 1e6:.2f} M parameters")
+    masks = lift_masks(args.data, train_split, N) if cfg.lift is not None else None
     scaling = EDMScaling(cfg.scaling, cfg.sigma_data)
     azr = D.relative_azimuth_rad(data["azimuth_deg"][: N]) if kind == "multiview" else None
     elr = torch.deg2rad(torch.as_tensor(data["elevation_deg"][: N], dtype=torch.float32))
@@ -337,10 +394,10 @@ def cmd_denoiser(args) -> None:
     if ae_meta["latent_space"] != space:
         raise SystemExit(f"--ae {args.ae} is latent space {ae_meta['latent_space']}, the latents are {space}")
     ae = BuiltinAutoencoder(ae_net, space, args.device)
-    trainer = Trainer(args, run, net, args.lr)
+    trainer = Trainer(args, run, net, args.lr, {"lift.": args.lift_lr_mult} if cfg.lift is not None else None)
     gen = torch.Generator().manual_seed(args.seed + 1)
 
-    def noisy_loss(tr, x0, cond, extra, T_index=None):
+    def noisy_loss(tr, x0, cond, extra, renders=None):
         B = x0.shape[0]
         sigma = edm_training_sigmas(B, args.p_mean, args.p_std, generator=gen).clamp(SIGMA_MIN, SIGMA_MAX)
         c_skip, c_out, c_in, c_noise = scaling(sigma)
@@ -349,7 +406,7 @@ def cmd_denoiser(args) -> None:
         keep = (torch.rand(B, generator=gen) >= cfg.cond_dropout).float()
         dev = args.device
         out = tr.net(x.to(dev) * c_in.view(B, 1, 1, 1, 1).to(dev), c_noise.to(dev), cond.to(dev), keep.to(dev),
-                     **{k: v.to(dev) for k, v in extra.items()})
+                     renders=renders, **{k: v.to(dev) for k, v in extra.items()})
         target = ((x0 - c_skip.view(B, 1, 1, 1, 1) * x) / c_out.view(B, 1, 1, 1, 1)).to(dev)
         return F.mse_loss(out, target)
 
@@ -364,7 +421,20 @@ def cmd_denoiser(args) -> None:
             az = torch.stack([azr[idx[b], order[b]] for b in range(B)])
             az = torch.remainder(az - az[:, :1], 2 * math.pi)
             extra = {"elevation": elr[idx], "azimuth": az}
-            return noisy_loss(tr, x0, x0[:, 0], extra), {}
+            if cfg.lift is None:
+                return noisy_loss(tr, x0, x0[:, 0], extra), {}
+            # the 3-D prior: rendered once, trained directly against the true views (latent and
+            # silhouette) and handed to the UNet; the first --lift-warmup steps train it alone
+            dev = args.device
+            mk = torch.stack([masks[idx[b], order[b]] for b in range(B)]).float().to(dev)
+            renders = tr.net.lift(x0[:, 0].to(dev), extra["elevation"].to(dev), az.to(dev))
+            aux_latent = F.mse_loss(tr.net.lift.predict_latent(renders), x0.to(dev))
+            aux_mask = F.binary_cross_entropy(renders[:, :, -1].clamp(1e-4, 1 - 1e-4), mk)
+            aux = args.aux_weight * (aux_latent + 0.5 * aux_mask)
+            parts = {"aux_latent": float(aux_latent.detach()), "aux_mask": float(aux_mask.detach())}
+            if tr.step < args.lift_warmup:
+                return aux, parts
+            return noisy_loss(tr, x0, x0[:, 0], extra, renders) + aux, parts
         # video: every k-th step trains the one-image marginal (joint image training)
         if args.image_every and tr.step % args.image_every == args.image_every - 1:
             Bi = B * args.image_batch_mult
@@ -433,7 +503,8 @@ def cmd_denoiser(args) -> None:
     last = [r for r in log if r["kind"] == "eval"][-1]
     trains = [r for r in log if r["kind"] == "train"]
     save_network(run / FILES[kind], kind, trainer.ema, cfg, space, step=trainer.step, minutes=round(trainer.elapsed / 60, 1),
-                 final_train_loss=trains[-1]["loss"] if trains else None, heldout=last, command=" ".join(sys.argv))
+                 final_train_loss=trains[-1]["loss"] if trains else None, heldout=last, command=" ".join(sys.argv),
+                 **({"warm_start": warm_start_facts(args.init)} if args.init else {}))
     print(f"[{kind}] wrote {run / FILES[kind]}")
 
 
@@ -475,8 +546,6 @@ def cmd_export(args) -> None:
     if len(set(spaces.values())) != 1:
         raise SystemExit(f"the three networks were trained in different latent spaces: {spaces}")
     import shutil
-
-    from backend.models.builtin.weights_io import load_denoiser_net
 
     total = 0
     for k, p in srcs.items():
@@ -528,6 +597,13 @@ def main(argv=None) -> int:
         p.add_argument("--val-samples", type=int, default=32)
         p.add_argument("--eval-steps", type=int, default=16)
         p.add_argument("--limit", type=int, default=0, help="use only the first N training sequences")
+        p.add_argument("--init", default="", help="warm start from a weight file of this kind (matching tensors)")
+        if kind == "multiview":
+            p.add_argument("--lift", action="store_true",
+                           help="add the 3-D prior (front view lifted to a volume, rendered into every view)")
+            p.add_argument("--lift-warmup", type=int, default=0, help="train only the lift for the first N steps")
+            p.add_argument("--aux-weight", type=float, default=1.0, help="weight of the lift's direct losses")
+            p.add_argument("--lift-lr-mult", type=float, default=5.0, help="the lift's learning rate over --lr")
     p = sub.add_parser("snapshot", help="write a running denoiser run's current EMA weights to a weight file")
     p.add_argument("--run", required=True)
     p.add_argument("--out", default=None)

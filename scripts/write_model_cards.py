@@ -46,6 +46,20 @@ DESCRIPTION = {
         "model. Trained only on static orbits (all views at one instant of a random pose), any view "
         "serving as the front."),
 }
+LIFT_DESCRIPTION = (
+    " With a 3-D prior (`lift` in the configuration, `backend/models/builtin/lift.py`): a small CNN reads the "
+    "front view's latent, every voxel of a grid over the unit sphere takes the feature under its projection in "
+    "the front camera plus a code of its depth along that ray, an MLP turns that into density and features, and "
+    "the volume is alpha-composited into each output view's camera (the rig of `protocol.cameras`) at latent "
+    "resolution. Those renders (features and opacity) are extra input channels of the UNet; the lift is also "
+    "trained directly against the true views (a latent head and a silhouette loss). The geometry of a rotation "
+    "is built in rather than learned, which a CPU training budget could not afford.")
+
+
+def _warm_start_line(raw: str) -> str:
+    w = json.loads(raw)
+    return (f"\n- warm-started from `{w.get('file')}` ({w.get('step')} steps, {w.get('minutes')} min; its command: "
+            f"`{w.get('command')}`): the steps and minutes above are this run's only")
 
 
 def _curve(run: Path) -> list[dict]:
@@ -217,7 +231,8 @@ def main(argv=None) -> int:
                 raise SystemExit(f"{s} is {s.stat().st_size / 1e3:.0f} KB; sheets under docs/ must stay below "
                                  f"{MAX_SHEET_BYTES / 1e3:.0f} KB")
         rel = [Path("../../../..") / s for s in sheets]
-        text = [f"# Built-in {kind} model\n", DESCRIPTION[kind] + "\n",
+        description = DESCRIPTION[kind] + (LIFT_DESCRIPTION if cfg.get("lift") else "")
+        text = [f"# Built-in {kind} model\n", description + "\n",
                 "## File\n",
                 f"`{FILES[kind]}`: {size / 1e6:.1f} MB (float16), latent space `{meta['latent_space']}`.\n",
                 "Configuration (also in the file's metadata):\n", "```json\n" + json.dumps(cfg, indent=1) + "\n```\n",
@@ -227,7 +242,8 @@ def main(argv=None) -> int:
                 "(other engineers' jobs running at the same time; see the curve for CPU core-hours)"
                 + (f"\n- final training loss (mean of the last 25 steps): {meta.get('final_train_loss', '–')}"
                    if kind != "autoencoder" else "")
-                + f"\n- exact command: `{meta.get('command')}`\n",
+                + f"\n- exact command: `{meta.get('command')}`"
+                + (_warm_start_line(meta["warm_start"]) if meta.get("warm_start") else "") + "\n",
                 "Learning curve (held-out evaluation during training, EMA weights):\n",
                 learning_curve_table(kind, _curve(run)),
                 "\n## Evaluation on held-out objects\n", eval_section(kind, ev),

@@ -81,11 +81,17 @@ def test_training_cli_end_to_end_on_a_toy_dataset(tmp_path):
     train.main(["multiview", "--data", str(data), "--run", str(runs / "multiview"), "--ae", str(ae_file), *small])
     ck = torch.load(runs / "multiview" / "ckpt.pt", weights_only=False)
     assert ck["step"] == 2
+    # the multi-view model with the 3-D prior, warm-started from the plain run (lift trained alone for a step)
+    train.main(["multiview", "--data", str(data), "--run", str(runs / "mv_lift"), "--ae", str(ae_file), *small,
+                "--lift", "--lift-warmup", "1", "--init", str(runs / "multiview" / "multiview.safetensors")])
+    log = [json.loads(line) for line in (runs / "mv_lift" / "log.jsonl").read_text().splitlines()]
+    assert [r for r in log if r["kind"] == "eval"][-1]["step"] == 2
     out = tmp_path / "weights"
-    train.main(["export", "--ae", str(runs / "ae"), "--video", str(runs / "video"), "--multiview", str(runs / "multiview"),
+    train.main(["export", "--ae", str(runs / "ae"), "--video", str(runs / "video"), "--multiview", str(runs / "mv_lift"),
                 "--out", str(out), "--guidance-multiview", "1.5"])
     ms = load_builtin(checkpoints=str(out))
     assert ms.multiview.guidance == 1.5 and ms.video.guidance == 1.0
+    assert ms.multiview.net.lift is not None and ms.multiview.net.cfg.unet.cond_channels == ms.multiview.net.cfg.lift.channels
     assert ms.info["steps"] == {"autoencoder": "2", "video": "2", "multiview": "2"}
     assert ms.video.net.cfg.unet.channels == (32, 64, 64)
     x = ms.autoencoder.encode(torch.zeros(1, 3, 64, 64))

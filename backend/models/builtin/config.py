@@ -44,7 +44,7 @@ class UNetConfig:
     ``full_attention`` levels get attention over all T*h*w tokens of a sequence (cheap at 8x8 and 4x4,
     and what lets the multi-view model move content between views).
 
-    in_channels = noisy latent + concatenated conditioning latent.
+    in_channels = noisy latent + concatenated conditioning latent (+ ``cond_channels`` per frame).
     """
 
     latent_channels: int = LATENT_CHANNELS
@@ -56,16 +56,38 @@ class UNetConfig:
     emb_dim: int = 256
     groups: int = 16
     dropout: float = 0.0
+    cond_channels: int = 0  # extra per-frame input channels (the multi-view model's rendered 3-D prior)
 
     @property
     def in_channels(self) -> int:
-        return 2 * self.latent_channels
+        return 2 * self.latent_channels + self.cond_channels
+
+
+@dataclass
+class LiftConfig:
+    """The multi-view model's 3-D prior (``lift.OrbitLift``). grid: voxels per side over [-1, 1]^3;
+    feat: front-view feature channels; hidden: MLP width; out: rendered feature channels (the UNet
+    gets out + 1 with the opacity); samples: per ray; fov_deg/fill: the orbit rig of protocol.cameras."""
+
+    grid: int = 20
+    feat: int = 32
+    hidden: int = 64
+    out: int = 8
+    samples: int = 32
+    fov_deg: float = 33.8
+    fill: float = 0.8
+
+    @property
+    def channels(self) -> int:
+        return self.out + 1
 
 
 @dataclass
 class DenoiserConfig:
     """A UNet plus how it is conditioned and preconditioned.
 
+    lift: when set (multi-view), ``lift.OrbitLift`` renders the front view's lifted volume into every
+    output view and the UNet takes those renders as ``unet.cond_channels`` extra input channels.
     kind: 'video' (frame-index embedding, seq_len frames, length-1 sequences allowed as the one-image
     marginal) or 'multiview' (per-view camera embedding, seq_len views on an orbit).
     guidance: classifier-free guidance scale used by ``denoise`` (1 = off); training dropped the
@@ -81,6 +103,7 @@ class DenoiserConfig:
     guidance: float = 1.0
     cond_dropout: float = 0.1
     elevation_range_deg: tuple[float, float] = ELEVATION_RANGE_DEG
+    lift: LiftConfig | None = None  # multi-view only: the front view lifted to a volume and rendered per view
 
 
 def to_json(cfg) -> str:
@@ -96,6 +119,8 @@ def _build(cls, data: dict):
     for name, value in data.items():
         if name == "unet":
             value = _build(UNetConfig, value)
+        elif name == "lift":
+            value = None if value is None else _build(LiftConfig, value)
         elif isinstance(value, list):
             value = tuple(value)
         kwargs[name] = value

@@ -3,6 +3,8 @@
 ``DenoiserNet`` (trainable): the sequence UNet plus the conditioning SVD/SV3D use, scaled down:
   * the conditioning latent [C, h, w] concatenated to every frame's noisy input (SVD's concat cond);
   * a small learned image embedding of that latent in place of CLIP, added to the noise embedding;
+  * multi-view with ``cfg.lift``: the front view lifted into a volume and rendered into every output
+    view's camera (``lift.OrbitLift``), concatenated as extra input channels (the 3-D prior);
   * per frame: a frame-index embedding (video; index ``seq_len`` = "a single image at an unknown
     time", used by joint image training and the one-image marginal) or a camera embedding of
     (elevation, azimuth relative to the conditioning view) per output view (multi-view, like SV3D_p).
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from backend.errors import InvalidInput
 from backend.models.base import Cond, EDMScaling
 from backend.models.builtin.config import DenoiserConfig
+from backend.models.builtin.lift import OrbitLift
 from backend.models.builtin.unet import SequenceUNet
 
 KINDS = ("video", "multiview")
@@ -67,14 +70,25 @@ class DenoiserNet(nn.Module):
             self.frame_emb = nn.Embedding(cfg.seq_len + 1, D)  # index seq_len = single image
         else:
             self.camera_mlp = nn.Sequential(nn.Linear(8, D), nn.SiLU(), nn.Linear(D, D))
+        self.lift = None
+        if cfg.lift is not None:
+            if cfg.kind != "multiview":
+                raise ValueError("DenoiserConfig.lift is for the multi-view model only")
+            if cfg.unet.cond_channels != cfg.lift.channels:
+                raise ValueError(f"unet.cond_channels must be lift.out + 1 = {cfg.lift.channels}, got {cfg.unet.cond_channels}")
+            self.lift = OrbitLift(cfg.lift, C, latent_size, cfg.image_size)
+        elif cfg.unet.cond_channels:
+            raise ValueError("unet.cond_channels without a lift: nothing would fill those input channels")
         self.unet = SequenceUNet(cfg.unet, latent_size)
 
     def forward(self, x_in: Tensor, c_noise: Tensor, cond_latent: Tensor, keep: Tensor,
                 frame_index: Tensor | None = None, elevation: Tensor | None = None,
-                azimuth: Tensor | None = None) -> Tensor:
+                azimuth: Tensor | None = None, renders: Tensor | None = None) -> Tensor:
         """x_in [B, T, C, h, w] (already scaled by c_in), c_noise [B], cond_latent [B, C, h, w],
         keep [B] (1 = conditioned, 0 = condition dropped), frame_index [B, T] long (video) or
-        elevation/azimuth [B, T] radians (multi-view). Returns [B, T, C, h, w]."""
+        elevation/azimuth [B, T] radians (multi-view). ``renders`` [B, T, lift.channels, h, w]: the
+        lift's renders when the caller already has them (training reuses them for its auxiliary loss);
+        computed here otherwise. Returns [B, T, C, h, w]."""
         B, T = x_in.shape[:2]
         keep = keep.to(x_in.dtype)
         cond = cond_latent * keep.view(B, 1, 1, 1)
@@ -84,8 +98,15 @@ class DenoiserNet(nn.Module):
         else:
             per_frame = self.camera_mlp(camera_features(elevation, azimuth))
         emb = F.silu(emb[:, None, :] + per_frame)  # [B, T, D]
-        inp = torch.cat([x_in, cond[:, None].expand(B, T, *cond.shape[1:])], dim=2)
-        return self.unet(inp, emb)
+        parts = [x_in, cond[:, None].expand(B, T, *cond.shape[1:])]
+        if self.lift is not None:
+            if renders is None:  # rendered for the conditioned rows only (guidance's other half gets zeros)
+                rows = keep.nonzero().squeeze(1)
+                renders = x_in.new_zeros(B, T, self.cfg.lift.channels, *x_in.shape[-2:])
+                if rows.numel():
+                    renders = renders.index_copy(0, rows, self.lift(cond_latent[rows], elevation[rows], azimuth[rows]))
+            parts.append(renders * keep.view(B, 1, 1, 1, 1))
+        return self.unet(torch.cat(parts, dim=2), emb)
 
 
 def _res_text(n: int) -> str:
