@@ -137,3 +137,38 @@ def test_warm_start_keeps_the_old_network_exactly(tmp_path):
     torch.testing.assert_close(b, a)
     torch.testing.assert_close(c, a)
     assert new.unet.conv_in.weight[:, 8:].abs().max() == 0.0
+
+
+def test_denoiser_renders_the_prior_once_per_condition_and_matches_the_uncached_net():
+    from backend.models.base import Cond, EDMScaling
+    from backend.models.builtin.denoiser import BuiltinDenoiser
+
+    torch.manual_seed(0)
+    unet = UNetConfig(channels=(16, 32, 32), groups=8, full_attention=(2,), cond_channels=9)
+    net = DenoiserNet(DenoiserConfig(kind="multiview", unet=unet, lift=LiftConfig()))
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    den = BuiltinDenoiser(net, "space", guidance=2.0)
+    B, V = 3, 8
+    az = torch.deg2rad(45.0 * torch.arange(V).float())
+    conds = [Cond(latent=torch.randn(4, 16, 16), elevation=torch.full((V,), 0.1 * b), azimuth=az) for b in range(B)]
+    x = torch.randn(B, V, 4, 16, 16)
+    first = den.denoise(x, torch.full((B,), 2.0), conds)
+    second = den.denoise(x * 0.5, torch.full((B,), 1.0), conds)  # another step, same conditions
+    assert den.prior_renders == 1 and den.calls == 2
+    den.denoise(x[:2], torch.full((2,), 2.0), conds[:2])  # another batch of conditions renders anew
+    assert den.prior_renders == 2
+    # the uncached computation, straight through the network (prior rendered inside forward)
+    scaling = EDMScaling(net.cfg.scaling, net.cfg.sigma_data)
+    for xs, s, got in ((x, 2.0, first), (x * 0.5, 1.0, second)):
+        sigma = torch.full((B,), s)
+        c_skip, c_out, c_in, c_noise = scaling(sigma)
+        cond = torch.stack([c.latent for c in conds])
+        el = torch.stack([c.elevation for c in conds])
+        azs = torch.stack([c.azimuth for c in conds])
+        with torch.no_grad():
+            both = net(torch.cat([xs, xs]) * torch.cat([c_in, c_in]).view(-1, 1, 1, 1, 1), torch.cat([c_noise, c_noise]),
+                       torch.cat([cond, cond]), torch.cat([torch.ones(B), torch.zeros(B)]),
+                       elevation=torch.cat([el, el]), azimuth=torch.cat([azs, azs]))
+        out = both[B:] + 2.0 * (both[:B] - both[B:])
+        torch.testing.assert_close(got, scaling.x0(xs, sigma, out, c_skip, c_out), atol=1e-5, rtol=1e-5)
