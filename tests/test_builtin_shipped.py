@@ -33,6 +33,19 @@ def test_shipped_weights_load_with_no_arguments_and_fit_the_budget(shipped):
     assert shipped.limits.views == (8,) and shipped.limits.frames == (8,) and shipped.limits.resolution == 64
 
 
+def test_shipped_architecture_is_what_untrained_builds(shipped):
+    """load_builtin(untrained=True) stands in for the shipped models in plumbing tests: same networks
+    (guidance aside, which export sets)."""
+    from dataclasses import replace
+
+    from backend.models.builtin import default_configs
+
+    cfgs = default_configs()
+    for kind, den in (("video", shipped.video), ("multiview", shipped.multiview)):
+        assert replace(den.net.cfg, guidance=1.0) == replace(cfgs[kind], guidance=1.0), kind
+    assert shipped.multiview.net.lift is not None
+
+
 def _drawing() -> torch.Tensor:
     """A flat-shaded drawing on white, [1, 3, 64, 64] in [0, 1] (a box and a disc, not a training render)."""
     img = torch.ones(1, 3, 64, 64)

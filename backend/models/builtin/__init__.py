@@ -20,7 +20,7 @@ import torch
 from backend.models.base import ModelLimits, ModelSet, check_compatible
 from backend.models.builtin.autoencoder import AutoencoderNet, BuiltinAutoencoder
 from backend.models.builtin.config import (ELEVATION_RANGE_DEG, NUM_FRAMES, NUM_VIEWS, AutoencoderConfig,
-                                           DenoiserConfig, UNetConfig)
+                                           DenoiserConfig, LiftConfig, UNetConfig)
 from backend.models.builtin.denoiser import BuiltinDenoiser, DenoiserNet
 from backend.models.builtin.weights_io import (FILES, MissingWeights, latent_space_id, load_autoencoder_net,
                                                load_denoiser_net)
@@ -39,11 +39,14 @@ def default_configs() -> dict:
 
     Both denoisers use UNetConfig's defaults: channels (48, 96, 144), one residual block per level,
     attention over all frame x pixel tokens at 8x8 and 4x4 (chosen by held-out learning curves at
-    equal CPU time against a (64, 128, 192) two-block network; see docs/benchmarks.md)."""
+    equal CPU time against a (64, 128, 192) two-block network; see docs/benchmarks.md). The multi-view
+    model adds the 3-D prior of ``lift.py`` (the front view lifted to a volume and rendered into each
+    view, as extra UNet input channels)."""
     return {
         "autoencoder": AutoencoderConfig(),
         "video": DenoiserConfig(kind="video", seq_len=NUM_FRAMES, unet=UNetConfig()),
-        "multiview": DenoiserConfig(kind="multiview", seq_len=NUM_VIEWS, unet=UNetConfig()),
+        "multiview": DenoiserConfig(kind="multiview", seq_len=NUM_VIEWS, unet=UNetConfig(cond_channels=LiftConfig().channels),
+                                    lift=LiftConfig()),
     }
 
 
