@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 
+from protocol.cameras import DEFAULT_FILL, DEFAULT_FOV_DEG
+
 IMAGE_SIZE = 64  # pixels, square
 LATENT_CHANNELS = 4
 LATENT_DOWN = 4  # 64x64x3 images <-> 16x16x4 latents
@@ -74,8 +76,8 @@ class LiftConfig:
     hidden: int = 64
     out: int = 8
     samples: int = 32
-    fov_deg: float = 33.8
-    fill: float = 0.8
+    fov_deg: float = DEFAULT_FOV_DEG
+    fill: float = DEFAULT_FILL
 
     @property
     def channels(self) -> int:
