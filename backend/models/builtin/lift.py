@@ -26,7 +26,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from backend.models.builtin.config import LiftConfig
-from protocol.cameras import orbit_distance
+from protocol.cameras import intrinsics, orbit_distance
 
 
 def orbit_cameras(elevation: Tensor, azimuth: Tensor, distance: float) -> tuple[Tensor, Tensor]:
@@ -71,7 +71,8 @@ class OrbitLift(nn.Module):
         self.cfg = cfg
         self.latent_size, self.image_size = latent_size, image_size
         self.distance = orbit_distance(cfg.fov_deg, cfg.fill)
-        self.focal = (image_size / 2.0) / math.tan(math.radians(cfg.fov_deg) / 2.0)
+        K = intrinsics(cfg.fov_deg, image_size, image_size)  # the rig's pinhole (square images)
+        self.focal, self.centre = float(K[0, 0]), float(K[0, 2])
         self.encoder = _FrontEncoder(latent_channels, cfg.feat)
         self.depth_freqs = 6
         cin = cfg.feat + 2 * self.depth_freqs + 1 + 3
@@ -81,19 +82,20 @@ class OrbitLift(nn.Module):
         g = torch.linspace(-1.0, 1.0, cfg.grid)
         zz, yy, xx = torch.meshgrid(g, g, g, indexing="ij")  # volume index order [D=z, H=y, W=x]
         self.register_buffer("voxels", torch.stack([xx, yy, zz], -1).reshape(-1, 3), persistent=False)
-        # latent pixel centres in image-pixel coordinates (pixel i covers [i - 0.5, i + 0.5])
+        # one ray per latent pixel, through its centre in image-pixel coordinates (pixel i covers
+        # [i - 0.5, i + 0.5]): camera-space directions [h*w, 3] with z = 1
         step = image_size / latent_size
-        centres = torch.arange(latent_size, dtype=torch.float32) * step + (step - 1.0) / 2.0
-        self.register_buffer("pixel_centres", centres, persistent=False)
+        px = (torch.arange(latent_size, dtype=torch.float32) * step + (step - 1.0) / 2.0 - self.centre) / self.focal
+        dy, dx = torch.meshgrid(px, px, indexing="ij")
+        self.register_buffer("ray_dirs", torch.stack([dx, dy, torch.ones_like(dx)], -1).reshape(-1, 3), persistent=False)
 
     # ------------------------------------------------------------------ geometry
     def _project(self, points: Tensor, R: Tensor, pos: Tensor) -> tuple[Tensor, Tensor]:
         """points [B, P, 3] into cameras R [B, 3, 3], pos [B, 3] -> normalised image coords [B, P, 2], depth [B, P]."""
         cam = torch.einsum("bij,bpj->bpi", R, points - pos[:, None])
         z = cam[..., 2].clamp_min(1e-3)
-        c = (self.image_size - 1) / 2.0
-        u = self.focal * cam[..., 0] / z + c
-        v = self.focal * cam[..., 1] / z + c
+        u = self.focal * cam[..., 0] / z + self.centre
+        v = self.focal * cam[..., 1] / z + self.centre
         grid = torch.stack([(u + 0.5) / self.image_size * 2 - 1, (v + 0.5) / self.image_size * 2 - 1], -1)
         return grid, cam[..., 2]
 
@@ -122,11 +124,7 @@ class OrbitLift(nn.Module):
         h = self.latent_size
         S = self.cfg.samples
         R, pos = orbit_cameras(elevation, azimuth, self.distance)  # [B, V, 3, 3], [B, V, 3]
-        c = (self.image_size - 1) / 2.0
-        px = (self.pixel_centres - c) / self.focal
-        dy, dx = torch.meshgrid(px, px, indexing="ij")
-        d_cam = torch.stack([dx, dy, torch.ones_like(dx)], -1).reshape(-1, 3)  # [h*w, 3], z = 1
-        d_world = torch.einsum("bvji,pj->bvpi", R, d_cam)  # R^T d
+        d_world = torch.einsum("bvji,pj->bvpi", R, self.ray_dirs)  # R^T d
         # samples at camera depths spanning the unit sphere
         t = torch.linspace(self.distance - 1.0, self.distance + 1.0, S, device=vol.device)
         pts = pos[:, :, None, None, :] + t[None, None, None, :, None] * d_world[:, :, :, None, :]  # [B, V, hw, S, 3]
