@@ -100,6 +100,11 @@ class FitOptions:
     on_progress: Callable[[int, int, float], Any] | None = None
     cancel: Any = None                # anything with is_set()
 
+    @property
+    def motion_frozen(self) -> bool:
+        """Both motion learning rates 0: the tracked motion field (node poses, blend radii) is kept as it is."""
+        return self.lr_motion == 0 and self.lr_rotation == 0
+
     def check(self) -> None:
         if not isinstance(self.iterations, (int, np.integer)) or self.iterations < 1:
             raise InvalidInput("iterations", f"must be an integer of at least 1, got {self.iterations!r}")
@@ -220,7 +225,7 @@ class _Fitter:
         nodes = pts_t[farthest_point_sampling(pts_t, o.num_nodes, seed=o.seed)]
         motion = MotionField(nodes, torch.tensor(d.times), k_blend=o.k_blend).to(self.device)
         motion.nodes.requires_grad_(False)
-        if o.lr_motion == 0 and o.lr_rotation == 0:  # the motion field stays as tracked (poses and blend radii)
+        if o.motion_frozen:
             motion.trans.requires_grad_(False)
             motion.rotvec.requires_grad_(False)
             motion.log_radius.requires_grad_(False)
@@ -337,12 +342,11 @@ class _Fitter:
                 if target.shape[0] > 0:
                     hull = hull + chamfer(means[i, pick], target[self._subsample(target.shape[0], 1500)])
             total = total + o.w_hull * hull / frames.shape[0]
-        frozen = o.lr_motion == 0 and o.lr_rotation == 0  # the keyframes' node poses stay as tracked
-        if o.w_arap > 0 and not frozen:
+        if o.w_arap > 0 and not o.motion_frozen:
             total = total + o.w_arap * m.arap_loss(active)
         if o.w_residual > 0 and g.offsets.numel():
             total = total + o.w_residual * (g.offsets**2).sum(-1).mean() / m.edge_scale
-        if o.w_smooth > 0 and not frozen:
+        if o.w_smooth > 0 and not o.motion_frozen:
             total = total + o.w_smooth * m.smoothness_loss(active)
         if o.corrections and (o.w_shift_prior > 0 or o.w_colour_prior > 0):
             total = total + c.regulariser(o.w_shift_prior, o.w_colour_prior)
