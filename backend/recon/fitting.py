@@ -3,8 +3,9 @@
 Canonical Gaussians live at frame 0 (time 0, the turntable of the static mesh); a keyframed
 deformation graph (``motion.MotionField``) moves them to every other frame. Each step renders all
 views of a few frames in one rasteriser call, compares with the images on white (photometric loss
-from ``losses.py``; coverage alpha too when the images have it) and regularises the motion (as-rigid-
-as-possible node graph, smooth in time). Gaussians are densified where the screen-space gradient is
+from ``losses.py``; coverage alpha too when the images have it) and regularises the motion (smooth in
+time, as-rigid-as-possible node graph; parts that every view saw standing still are held still,
+``static.py``). Gaussians are densified where the screen-space gradient is
 large and pruned when transparent. The loop stops at the iteration budget, on a plateau of the loss,
 at the optional time budget, on cancel (raises ``Cancelled``) or when the loss stops being finite
 (returns the last good state and reports the step).
@@ -33,6 +34,7 @@ from .motion import MotionField, farthest_point_sampling, knn
 from .raster import BACKENDS, rasterize, resolve_backend
 from .result import Fit4D
 from .silhouette import SilhouetteLoss
+from .static import change_masks, still_weights
 from .track import chamfer, track_hulls
 
 PROGRESS_EVERY = 25
@@ -77,6 +79,10 @@ class FitOptions:
     track_iterations: int = 10        # Gauss-Newton iterations per frame when tracking
     track_rigidity: float = 0.003     # ARAP weight of the tracking (against the hull distances)
     track_from_rest: bool = False     # also start each frame's tracking from the rest pose; keep the closer
+    # still prior (static.py): points whose frame-0 projection is unchanged at frame f in every view
+    w_still: float = 100.0            # fit: squared displacement of still Gaussians (over the squared node spacing)
+    still_threshold: float = 0.1      # colour change (any channel, 0..1) that counts as change
+    still_dilation: int = 2           # pixels around a change that count as changed too
     hull_tolerance: int = 0           # views allowed to disagree when carving a frame's hull
     max_hull_points: int = 3000       # surface voxels per hull (the carving grid is coarsened to fit)
     progressive: bool = False         # add frames one at a time, each from the previous frame's pose
@@ -114,10 +120,13 @@ class FitOptions:
                 raise InvalidInput(name, f"must be an integer of at least 1, got {value!r}")
         if self.max_gaussians < self.num_gaussians:
             raise InvalidInput("max_gaussians", f"must be at least num_gaussians ({self.num_gaussians}), got {self.max_gaussians}")
-        for name in ("lr_shift", "lr_colour", "w_shift_prior", "w_colour_prior", "lr_motion", "lr_rotation"):
+        for name in ("lr_shift", "lr_colour", "w_shift_prior", "w_colour_prior", "lr_motion", "lr_rotation",
+                     "w_still", "still_threshold"):
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) or value < 0:
                 raise InvalidInput(name, f"must be a finite number of at least 0, got {value!r}")
+        if not isinstance(self.still_dilation, (int, np.integer)) or self.still_dilation < 0:
+            raise InvalidInput("still_dilation", f"must be an integer of at least 0, got {self.still_dilation!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
             raise InvalidInput("time_budget_s", f"must be positive seconds or None, got {self.time_budget_s!r}")
         if self.loss not in LOSS_NAMES:
@@ -214,6 +223,9 @@ class _Fitter:
                 self.shift0[f] = align_silhouettes(self.masks[:, f], d.K, d.w2c, resolution=o.carve_resolution)
             # carve with the shifts the corrections will start from (what the scene cannot explain)
             self.shift0 = project_shifts(torch.as_tensor(self.shift0), shift_gauge(d.K, d.w2c)).numpy()
+        self.changed = None
+        if o.w_still > 0 and self.F > 1:
+            self.changed = torch.from_numpy(change_masks(d.rgb, o.still_threshold, o.still_dilation)).to(self.device)
         masks0 = self.masks[:, 0]
         pts, cols, step = initial_points(d.rgb[:, 0], masks0, self._carve_K(0), d.w2c, o.num_gaussians, self.rng,
                                          resolution=o.carve_resolution)
@@ -244,6 +256,14 @@ class _Fitter:
                         iterations=o.track_iterations, rigidity=o.track_rigidity, from_rest=o.track_from_rest,
                         cancel=None if o.cancel is None else o.cancel.is_set)
         return g, motion
+
+    def _still(self, points: torch.Tensor) -> torch.Tensor | None:
+        """[F, P]: 1 where the images saw canonical points [P, 3] stand still at each frame (None: prior off)."""
+        if self.changed is None:
+            return None
+        w = still_weights(points.detach(), self.changed, self.K, self.w2c)
+        w[0] = 0  # frame 0 is the canonical frame itself
+        return w
 
     def _carve_K(self, f: int) -> np.ndarray:
         """Intrinsics [V, 3, 3] of frame f's images as the silhouette alignment found them."""
@@ -319,7 +339,7 @@ class _Fitter:
         return torch.stack([K[..., 0, 0] * cam[..., 0] / z + K[..., 0, 2], K[..., 1, 1] * cam[..., 1] / z + K[..., 1, 2]], -1)
 
     def _loss(self, out, rgb, means, Ks, frames: torch.Tensor, g: Gaussians, m: MotionField, c: ImageCorrections,
-              frac: float, active: int):
+              frac: float, active: int, still: torch.Tensor | None = None):
         pred = rgb.reshape(-1, self.H, self.W, 3)
         tgt = self.target[frames].reshape(-1, self.H, self.W, 3)
         o = self.opts
@@ -344,6 +364,10 @@ class _Fitter:
             total = total + o.w_hull * hull / frames.shape[0]
         if o.w_arap > 0 and not o.motion_frozen:
             total = total + o.w_arap * m.arap_loss(active)
+        if o.w_still > 0 and still is not None:
+            # the motion field's own displacement (what the mesh gets), not the per-frame residuals
+            moved = ((means - g.key_offsets()[frames] - g.means[None]) ** 2).sum(-1)  # [Fb, N]
+            total = total + o.w_still * (still[frames] * moved).mean() / m.edge_scale
         if o.w_residual > 0 and g.offsets.numel():
             total = total + o.w_residual * (g.offsets**2).sum(-1).mean() / m.edge_scale
         if o.w_smooth > 0 and not o.motion_frozen:
@@ -436,6 +460,7 @@ class _Fitter:
             c.raw_shift.copy_(torch.as_tensor(self.shift0, dtype=torch.float32))
         opt = self._optimizer(g, m, c)
         idx = m.neighbours(g.means)
+        still = self._still(g.means)
         snapshot = _Snapshot()
         snapshot.save(g, m, c, 0)
         self._order: list[int] = []
@@ -469,7 +494,7 @@ class _Fitter:
                 active = now_active
             frames = self._pick_frames(active, warmup)
             out, rgb, means_t, Ks = self._render(g, m, c, frames, idx, retain=True)
-            loss = self._loss(out, rgb, means_t, Ks, frames, g, m, c, frac, active)
+            loss = self._loss(out, rgb, means_t, Ks, frames, g, m, c, frac, active, still)
             if not torch.isfinite(loss):
                 diverged_at, stop_reason = it, "diverged"
                 break
@@ -494,10 +519,12 @@ class _Fitter:
             if densifying and it >= o.densify_from and it % o.densify_every == 0:
                 self._densify(g, opt, grad_sum, grad_cnt, prune_only=False)
                 idx = m.neighbours(g.means)
+                still = self._still(g.means)
                 grad_sum = torch.zeros(len(g), device=self.device)
                 grad_cnt = torch.zeros(len(g), device=self.device)
             elif it % 50 == 0:
                 idx = m.neighbours(g.means)
+                still = self._still(g.means)
             ema = value if ema is None else 0.9 * ema + 0.1 * value
             if it % PROGRESS_EVERY == 0 or it == o.iterations:
                 history.append((it, value))
@@ -538,6 +565,8 @@ class _Fitter:
             "width": self.W,
             "used_alpha": self.alpha is not None,
             "corrections": None if not o.corrections else {"shift_mode": self.shift_mode, **c.report()},
+            # share of (Gaussian, frame > 0) pairs the still prior held (None: off or one frame)
+            "still_fraction": None if still is None else round(float(still[1:].mean()), 4),
             "fit_psnr_per_view": [round(float(p), 3) for p in view_psnr],
             "fit_psnr_mean": round(float(np.mean(view_psnr)), 3),
             "loss_history": [(int(i), round(float(v), 6)) for i, v in history],
