@@ -4,8 +4,9 @@ Canonical Gaussians live at frame 0 (time 0, the turntable of the static mesh); 
 deformation graph (``motion.MotionField``) moves them to every other frame. Each step renders all
 views of a few frames in one rasteriser call, compares with the images on white (photometric loss
 from ``losses.py``; coverage alpha too when the images have it) and regularises the motion (smooth in
-time, as-rigid-as-possible node graph; parts that every view saw standing still are held still,
-``static.py``). Gaussians are densified where the screen-space gradient is
+time; parts that every view saw standing still are held still, ``static.py``; the motion starts from
+the as-rigid-as-possible hull tracking, ``track.py``, whose ARAP term the photometric phase can keep
+with ``w_arap``). Gaussians are densified where the screen-space gradient is
 large and pruned when transparent. The loop stops at the iteration budget, on a plateau of the loss,
 at the optional time budget, on cancel (raises ``Cancelled``) or when the loss stops being finite
 (returns the last good state and reports the step).
@@ -71,7 +72,11 @@ class FitOptions:
     w_coverage: float = 0.5           # silhouette: silhouette pixels far from every centre
     blur_px: float = 2.0              # coarse-to-fine: loss on images blurred by this sigma at first
     blur_until: float = 0.3           # ... decaying to none at this fraction of the budget
-    w_arap: float = 0.2
+    # ARAP of the node graph in the photometric phase. 0 by default: the hull tracking is already
+    # as-rigid-as-possible, and in the photometric phase the coupling dragged still parts along with
+    # moving ones (RiggedFigure: torso lifted with the arms, motion ratio 0.46 at 0.2, 0.37 at 0,
+    # 0.58 at 2.0; it also cost 0.3-0.7 dB on the Fox and AnimatedMorphCube: docs/benchmarks.md)
+    w_arap: float = 0.0
     w_smooth: float = 0.001
     w_residual: float = 0.1           # L2 on the per-Gaussian residual offsets (over the squared node spacing)
     w_hull: float = 1.0               # chamfer between moved Gaussians and each frame's visual hull
