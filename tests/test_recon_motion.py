@@ -78,3 +78,23 @@ def test_farthest_point_sampling_spreads():
     idx = farthest_point_sampling(pts, 2)
     assert set(idx.tolist()) == {idx[0].item(), 100} and idx[0].item() != idx[1].item()
     assert math.isclose(float((pts[idx[0]] - pts[idx[1]]).norm()), math.sqrt(3), rel_tol=1e-6)
+
+
+def test_strained_edges_are_released_and_rigid_ones_kept():
+    # two halves: x < 0 stays, x > 0 swings up about the joint at the origin (rotation about +y)
+    m = _field(M=80)
+    rv = torch.tensor([0.0, -0.6, 0.0])
+    R = quat_to_rotmat(axis_angle_to_quat(rv))
+    right = m.nodes[:, 0] > 0
+    with torch.no_grad():
+        m.rotvec[:, right] = rv
+        m.trans[:, right] = (m.nodes[right] @ R.T - m.nodes[right])[None]
+    strain = m.edge_strain()
+    crosses = right[:, None] != right[m.graph_idx]  # edges between the halves
+    assert strain[~crosses].max() < 1e-5  # each half moves rigidly
+    assert strain[crosses].min() > 0.05
+    before = m.graph_w.clone()
+    factor = m.release_strained_edges(0.05)
+    torch.testing.assert_close(m.graph_w[~crosses], before[~crosses])
+    assert (m.graph_w[crosses] < 0.5 * before[crosses]).float().mean() > 0.8
+    assert factor.shape == before.shape

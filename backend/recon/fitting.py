@@ -4,10 +4,9 @@ Canonical Gaussians live at frame 0 (time 0, the turntable of the static mesh); 
 deformation graph (``motion.MotionField``) moves them to every other frame. Each step renders all
 views of a few frames in one rasteriser call, compares with the images on white (photometric loss
 from ``losses.py``; coverage alpha too when the images have it) and regularises the motion (smooth in
-time; parts that every view saw standing still are held still, ``static.py``; the motion starts from
-the as-rigid-as-possible hull tracking, ``track.py``, whose ARAP term the photometric phase can keep
-with ``w_arap``). Gaussians are densified where the screen-space gradient is
-large and pruned when transparent. The loop stops at the iteration budget, on a plateau of the loss,
+time; as-rigid-as-possible where the hull tracking found the graph rigid, free across the joints it
+bent; parts that every view saw standing still are held still, ``static.py``). Gaussians are
+densified where the screen-space gradient is large and pruned when transparent. The loop stops at the iteration budget, on a plateau of the loss,
 at the optional time budget, on cancel (raises ``Cancelled``) or when the loss stops being finite
 (returns the last good state and reports the step).
 """
@@ -72,11 +71,13 @@ class FitOptions:
     w_coverage: float = 0.5           # silhouette: silhouette pixels far from every centre
     blur_px: float = 2.0              # coarse-to-fine: loss on images blurred by this sigma at first
     blur_until: float = 0.3           # ... decaying to none at this fraction of the budget
-    # ARAP of the node graph in the photometric phase. 0 by default: the hull tracking is already
-    # as-rigid-as-possible, and in the photometric phase the coupling dragged still parts along with
-    # moving ones (RiggedFigure: torso lifted with the arms, motion ratio 0.46 at 0.2, 0.37 at 0,
-    # 0.58 at 2.0; it also cost 0.3-0.7 dB on the Fox and AnimatedMorphCube: docs/benchmarks.md)
-    w_arap: float = 0.0
+    # ARAP of the node graph in the photometric phase, on the edges the hull tracking left rigid:
+    # after tracking, every edge's weight is scaled by exp(-(strain / arap_release)^2) (strain: how far
+    # the tracked motion bends it), so joints between parts that move differently stop coupling them.
+    # Plain ARAP (arap_release None) dragged RiggedFigure's still torso with its arms (motion ratio
+    # 0.46; 0.37 without ARAP, which cost RiggedSimple 0.6 dB; 0.34 released: docs/benchmarks.md).
+    w_arap: float = 0.2
+    arap_release: float | None = 0.2
     w_smooth: float = 0.001
     w_residual: float = 0.1           # L2 on the per-Gaussian residual offsets (over the squared node spacing)
     w_hull: float = 1.0               # chamfer between moved Gaussians and each frame's visual hull
@@ -130,6 +131,9 @@ class FitOptions:
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) or value < 0:
                 raise InvalidInput(name, f"must be a finite number of at least 0, got {value!r}")
+        if self.arap_release is not None and (not isinstance(self.arap_release, (int, float, np.floating))
+                                              or not math.isfinite(self.arap_release) or self.arap_release <= 0):
+            raise InvalidInput("arap_release", f"must be a positive strain or None, got {self.arap_release!r}")
         if not isinstance(self.still_dilation, (int, np.integer)) or self.still_dilation < 0:
             raise InvalidInput("still_dilation", f"must be an integer of at least 0, got {self.still_dilation!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
@@ -260,6 +264,8 @@ class _Fitter:
             track_hulls(motion, self.hulls[0], self.hulls,
                         iterations=o.track_iterations, rigidity=o.track_rigidity, from_rest=o.track_from_rest,
                         cancel=None if o.cancel is None else o.cancel.is_set)
+            if o.arap_release is not None:
+                motion.release_strained_edges(o.arap_release)
         return g, motion
 
     def _still(self, points: torch.Tensor) -> torch.Tensor | None:

@@ -177,6 +177,27 @@ class MotionField(nn.Module):
         err = ((et - pred) ** 2).sum(-1)
         return (self.graph_w * err).sum() / (self.graph_w.sum() * trans.shape[0] * self.edge_scale)
 
+    @torch.no_grad()
+    def edge_strain(self) -> Tensor:
+        """How far each graph edge is from rigid over the keyframes: [M, k], the largest over frames of
+        |(p_j + t_j) - (p_i + t_i) - R_i (p_j - p_i)| / |p_j - p_i| (0 for a rigidly moving pair)."""
+        if self.num_keys < 2:
+            return torch.zeros_like(self.graph_w)
+        R = quat_to_rotmat(axis_angle_to_quat(self.rotvec))  # [T, M, 3, 3]
+        e0 = self.nodes[self.graph_idx] - self.nodes[:, None]  # [M, k, 3]
+        et = e0[None] + self.trans[:, self.graph_idx] - self.trans[:, :, None]
+        pred = (R[:, :, None] * e0[None, :, :, None, :]).sum(-1)
+        return ((et - pred).norm(dim=-1) / e0.norm(dim=-1).clamp_min(1e-8)).amax(0)
+
+    @torch.no_grad()
+    def release_strained_edges(self, strain: float) -> Tensor:
+        """Scale every edge's ARAP weight by exp(-(edge_strain / strain)^2): edges the current motion
+        already bends (a joint between parts that move differently) stop coupling the parts, rigid
+        ones keep their weight. Returns the factors [M, k]."""
+        factor = torch.exp(-((self.edge_strain() / strain) ** 2))
+        self.graph_w.mul_(factor)
+        return factor
+
     def arap_single(self, rotvec: Tensor, trans: Tensor) -> Tensor:
         """ARAP energy of one pose: rotations [M, 3], translations [M, 3]."""
         return self._arap(rotvec[None], trans[None])
