@@ -6,9 +6,9 @@ views of a few frames in one rasteriser call, compares with the images on white 
 from ``losses.py``; coverage alpha too when the images have it) and regularises the motion (smooth in
 time; as-rigid-as-possible where the hull tracking found the graph rigid, free across the joints it
 bent; parts that every view saw standing still are held still, ``static.py``). Gaussians are
-densified where the screen-space gradient is large and pruned when transparent. The loop stops at the iteration budget, on a plateau of the loss,
-at the optional time budget, on cancel (raises ``Cancelled``) or when the loss stops being finite
-(returns the last good state and reports the step).
+densified where the screen-space gradient is large and pruned when transparent. The loop stops at the
+iteration budget, on a plateau of the loss, at the optional time budget, on cancel (raises
+``Cancelled``) or when the loss stops being finite (returns the last good state and reports the step).
 """
 
 from __future__ import annotations

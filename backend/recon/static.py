@@ -7,8 +7,8 @@ parts stayed put: a pixel whose colour is the same at frame f as at frame 0 in a
 there. A canonical point is called *still at frame f* when its frame-0 projection falls on such an
 unchanged pixel in *every* training view (dilated, so that a part moving across it or next to it
 counts as change; one changed view is enough to free the point, which keeps occluded points and
-parts moving along their own surface conservative). The fit then pulls still points toward their
-canonical place, as the tracking does.
+parts moving along their own surface conservative). The fit then penalises the motion field's
+displacement at the Gaussians that are still at each frame (``FitOptions.w_still``).
 
 This reads only the training images; it never forces anything where any view saw a change.
 """
