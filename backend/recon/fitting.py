@@ -272,7 +272,7 @@ class _Fitter:
         """[F, P]: 1 where the images saw canonical points [P, 3] stand still at each frame (None: prior off)."""
         if self.changed is None:
             return None
-        w = still_weights(points.detach(), self.changed, self.K, self.w2c)
+        w = still_weights(points, self.changed, self.data.K, self.data.w2c)
         w[0] = 0  # frame 0 is the canonical frame itself
         return w
 

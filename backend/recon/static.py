@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from protocol.cameras import project
+
 from .carve import background_colour, dilate
 
 
@@ -38,18 +40,17 @@ def change_masks(rgb: np.ndarray, threshold: float = 0.1, dilation: int = 2) -> 
     return dilate(diff, dilation)
 
 
-def still_weights(points: Tensor, changed: Tensor, K: Tensor, w2c: Tensor) -> Tensor:
+def still_weights(points: Tensor, changed: Tensor, K, w2c) -> Tensor:
     """1 where canonical points [P, 3] project onto an unchanged pixel in every view, else 0:
     [F, P] from changed [V, F, H, W] bool (``change_masks``), intrinsics K [V, 3, 3] and OpenCV
-    w2c [V, 4, 4]. A point outside a view's image counts as changed there."""
+    w2c [V, 4, 4] (``protocol.cameras.project``). A point outside a view's image counts as changed there."""
     V, F_, H, W = changed.shape
-    cam = torch.einsum("vij,pj->vpi", w2c[:, :3, :3], points) + w2c[:, None, :3, 3]  # [V, P, 3]
-    z = cam[..., 2].clamp_min(1e-6)
-    u = torch.round(K[:, None, 0, 0] * cam[..., 0] / z + K[:, None, 0, 2]).long()
-    v = torch.round(K[:, None, 1, 1] * cam[..., 1] / z + K[:, None, 1, 2]).long()
-    inside = (cam[..., 2] > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)  # [V, P]
-    pix = (v.clamp(0, H - 1) * W + u.clamp(0, W - 1))  # [V, P]
-    flat = changed.reshape(V, F_, H * W)
-    moved = torch.gather(flat, 2, pix[:, None, :].expand(V, F_, -1))  # [V, F, P]
+    pix, depth = project(points.detach().cpu().numpy(), K, w2c)  # [V, P, 2], [V, P]
+    front = depth > 0
+    uv = np.round(np.where(front[..., None], pix, -1.0)).astype(np.int64)
+    u, v = uv[..., 0], uv[..., 1]
+    inside = torch.from_numpy(front & (u >= 0) & (u < W) & (v >= 0) & (v < H)).to(changed.device)  # [V, P]
+    index = torch.from_numpy(np.clip(v, 0, H - 1) * W + np.clip(u, 0, W - 1)).to(changed.device)  # [V, P]
+    moved = torch.gather(changed.reshape(V, F_, H * W), 2, index[:, None, :].expand(V, F_, -1))  # [V, F, P]
     moved = moved | ~inside[:, None, :]
     return (~moved.any(0)).to(points.dtype)
