@@ -168,13 +168,19 @@ class MotionField(nn.Module):
         q = normalize_quat((w[None, :, :, None] * nq[:, idx]).sum(2))  # blended rotation [T, P, 4]
         return out, quat_multiply(q, quats[None].expand_as(q))
 
-    def _arap(self, rotvec: Tensor, trans: Tensor) -> Tensor:
-        """ARAP energy for node rotations [T, M, 3] and translations [T, M, 3] (dimensionless)."""
+    def _edge_residuals(self, rotvec: Tensor, trans: Tensor) -> tuple[Tensor, Tensor]:
+        """How far each graph edge is from moving rigidly with its first node, for node rotations
+        [T, M, 3] and translations [T, M, 3]: (p_j + t_j) - (p_i + t_i) - R_i (p_j - p_i) [T, M, k, 3],
+        and the canonical edges p_j - p_i [M, k, 3]."""
         R = quat_to_rotmat(axis_angle_to_quat(rotvec))  # [T, M, 3, 3]
         e0 = self.nodes[self.graph_idx] - self.nodes[:, None]  # [M, k, 3]
         et = e0[None] + trans[:, self.graph_idx] - trans[:, :, None]  # [T, M, k, 3]
         pred = (R[:, :, None] * e0[None, :, :, None, :]).sum(-1)
-        err = ((et - pred) ** 2).sum(-1)
+        return et - pred, e0
+
+    def _arap(self, rotvec: Tensor, trans: Tensor) -> Tensor:
+        """ARAP energy for node rotations [T, M, 3] and translations [T, M, 3] (dimensionless)."""
+        err = (self._edge_residuals(rotvec, trans)[0] ** 2).sum(-1)
         return (self.graph_w * err).sum() / (self.graph_w.sum() * trans.shape[0] * self.edge_scale)
 
     @torch.no_grad()
@@ -183,11 +189,8 @@ class MotionField(nn.Module):
         |(p_j + t_j) - (p_i + t_i) - R_i (p_j - p_i)| / |p_j - p_i| (0 for a rigidly moving pair)."""
         if self.num_keys < 2:
             return torch.zeros_like(self.graph_w)
-        R = quat_to_rotmat(axis_angle_to_quat(self.rotvec))  # [T, M, 3, 3]
-        e0 = self.nodes[self.graph_idx] - self.nodes[:, None]  # [M, k, 3]
-        et = e0[None] + self.trans[:, self.graph_idx] - self.trans[:, :, None]
-        pred = (R[:, :, None] * e0[None, :, :, None, :]).sum(-1)
-        return ((et - pred).norm(dim=-1) / e0.norm(dim=-1).clamp_min(1e-8)).amax(0)
+        res, e0 = self._edge_residuals(self.rotvec, self.trans)
+        return (res.norm(dim=-1) / e0.norm(dim=-1).clamp_min(1e-8)).amax(0)
 
     @torch.no_grad()
     def release_strained_edges(self, strain: float) -> Tensor:
