@@ -63,6 +63,19 @@ def project_shifts(shifts: Tensor, projector: Tensor) -> Tensor:
     return (raw - mean + mean @ projector.T.to(raw.dtype)).reshape(Fr, V, 2)
 
 
+def shift_images(images: Tensor, shift: Tensor, fill: float = 1.0) -> Tensor:
+    """Images [N, H, W, C] moved by shift [N, 2] pixels (x along the width; content at p goes to
+    p + shift), bilinear, ``fill`` where nothing was."""
+    N, H, W, C = images.shape
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=images.dtype, device=images.device),
+                            torch.arange(W, dtype=images.dtype, device=images.device), indexing="ij")
+    src = torch.stack([xs, ys], -1)[None] - shift.to(images.dtype)[:, None, None, :]  # [N, H, W, 2]
+    grid = torch.stack([(src[..., 0] + 0.5) / W * 2 - 1, (src[..., 1] + 0.5) / H * 2 - 1], -1)
+    x = images.permute(0, 3, 1, 2) - fill
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
+    return out.permute(0, 2, 3, 1)
+
+
 class ImageCorrections(nn.Module):
     """Corrections for ``frames`` x ``views`` training images (identity at construction)."""
 
@@ -110,14 +123,8 @@ class ImageCorrections(nn.Module):
     def resample(self, rgb: Tensor, frames: Tensor, fill: float = 1.0) -> Tensor:
         """Shift rendered images rgb [Fb, V, H, W, C] by their images' shifts (bilinear; outside = ``fill``)."""
         Fb, V, H, W, C = rgb.shape
-        s = self.shift[frames].reshape(Fb * V, 1, 1, 2)
-        ys, xs = torch.meshgrid(torch.arange(H, dtype=rgb.dtype, device=rgb.device),
-                                torch.arange(W, dtype=rgb.dtype, device=rgb.device), indexing="ij")
-        src = torch.stack([xs, ys], -1)[None] - s  # a pixel shows what was `shift` pixels before it
-        grid = torch.stack([(src[..., 0] + 0.5) / W * 2 - 1, (src[..., 1] + 0.5) / H * 2 - 1], -1)
-        x = rgb.reshape(Fb * V, H, W, C).permute(0, 3, 1, 2) - fill
-        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill
-        return out.permute(0, 2, 3, 1).reshape(Fb, V, H, W, C)
+        out = shift_images(rgb.reshape(Fb * V, H, W, C), self.shift[frames].reshape(Fb * V, 2), fill)
+        return out.reshape(Fb, V, H, W, C)
 
     def colour(self, rgb: Tensor, frames: Tensor) -> Tensor:
         """Apply gain and bias to rendered images rgb [Fb, V, H, W, 3]."""
