@@ -75,4 +75,6 @@ def test_iteration_budget_of_zero_and_unknown_options_are_refused():
     _refused("lr_motion", images, K, w2c, times, lr_motion="fast")
     _refused("w_still", images, K, w2c, times, w_still=-1.0)
     _refused("still_dilation", images, K, w2c, times, still_dilation=1.5)
+    assert "at most 8" in _refused("still_search", images, K, w2c, times, still_search=20.0)
+    _refused("still_search", images, K, w2c, times, still_search=-1.0)
     _refused("arap_release", images, K, w2c, times, arap_release=0.0)

@@ -89,6 +89,7 @@ class FitOptions:
     w_still: float = 100.0            # fit: squared displacement of still Gaussians (over the squared node spacing)
     still_threshold: float = 0.1      # colour change (any channel, 0..1) that counts as change
     still_dilation: int = 2           # pixels around a change that count as changed too
+    still_search: float = 4.0         # px: each frame is aligned to frame 0 within this before comparing (0: as is)
     hull_tolerance: int = 0           # views allowed to disagree when carving a frame's hull
     max_hull_points: int = 3000       # surface voxels per hull (the carving grid is coarsened to fit)
     progressive: bool = False         # add frames one at a time, each from the previous frame's pose
@@ -127,13 +128,15 @@ class FitOptions:
         if self.max_gaussians < self.num_gaussians:
             raise InvalidInput("max_gaussians", f"must be at least num_gaussians ({self.num_gaussians}), got {self.max_gaussians}")
         for name in ("lr_shift", "lr_colour", "w_shift_prior", "w_colour_prior", "lr_motion", "lr_rotation",
-                     "w_still", "still_threshold"):
+                     "w_still", "still_threshold", "still_search"):
             value = getattr(self, name)
             if not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) or value < 0:
                 raise InvalidInput(name, f"must be a finite number of at least 0, got {value!r}")
         if self.arap_release is not None and (not isinstance(self.arap_release, (int, float, np.floating))
                                               or not math.isfinite(self.arap_release) or self.arap_release <= 0):
             raise InvalidInput("arap_release", f"must be a positive strain or None, got {self.arap_release!r}")
+        if self.still_search > 8:
+            raise InvalidInput("still_search", f"must be at most 8 px (the search grows with its square), got {self.still_search!r}")
         if not isinstance(self.still_dilation, (int, np.integer)) or self.still_dilation < 0:
             raise InvalidInput("still_dilation", f"must be an integer of at least 0, got {self.still_dilation!r}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:
@@ -234,7 +237,8 @@ class _Fitter:
             self.shift0 = project_shifts(torch.as_tensor(self.shift0), shift_gauge(d.K, d.w2c)).numpy()
         self.changed = None
         if o.w_still > 0 and self.F > 1:
-            self.changed = torch.from_numpy(change_masks(d.rgb, o.still_threshold, o.still_dilation)).to(self.device)
+            self.changed = torch.from_numpy(change_masks(d.rgb, o.still_threshold, o.still_dilation, o.still_search,
+                                                         K=d.K, w2c=d.w2c)).to(self.device)
         masks0 = self.masks[:, 0]
         pts, cols, step = initial_points(d.rgb[:, 0], masks0, self._carve_K(0), d.w2c, o.num_gaussians, self.rng,
                                          resolution=o.carve_resolution)
