@@ -80,8 +80,7 @@ def without_consistent_motion(shift: Tensor, projector: Tensor, consistent: floa
     rest = flat @ projector.double().T
     total = (flat**2).sum(1)
     motion = total - (rest**2).sum(1)
-    keep = ~(motion > consistent * total)
-    flat = torch.where(keep[:, None], flat, rest)
+    flat = torch.where((motion > consistent * total)[:, None], rest, flat)
     return flat.reshape(F_, V, 2).permute(1, 0, 2).to(shift.dtype)
 
 
