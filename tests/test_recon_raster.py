@@ -109,6 +109,32 @@ def test_composite_backward_matches_autograd():
         torch.testing.assert_close(got.grad, want.grad, atol=1e-9, rtol=1e-7)
 
 
+def test_pair_keys_are_the_same_in_32_and_64_bits(monkeypatch):
+    """The packed (pixel, depth rank) sort key is 32-bit when it fits; the 64-bit path gives the same pairs."""
+    import backend.recon.raster_torch as rt
+
+    W, H, N = 24, 20, 60
+    rig = orbit_rig(4, W, H, elevation_deg=20.0)
+    means, quats, scales, opac, cols = _scene(N, seed=5)
+    proj = project_gaussians(means[None], quats[None], scales[None], opac[None], torch.tensor(rig.w2c, dtype=torch.float32)[None],
+                             torch.tensor(rig.K, dtype=torch.float32)[None], W, H)
+    G = 4 * N
+    args = (proj.means2d.reshape(G, 2), proj.conics.reshape(G, 3), opac[None, None].expand(1, 4, N).reshape(G),
+            proj.radii.reshape(G, 2), proj.depths.reshape(G), N, W, H)
+    short = rt._pairs(*args)
+    monkeypatch.setattr(rt, "KEY32_LIMIT", 0)
+    long = rt._pairs(*args)
+    assert short[0].numel() > 500
+    for s, lg in zip(short, long):
+        assert torch.equal(s, lg)
+    # pairs of a pixel are contiguous and front to back
+    pixel, gauss = short[0], short[1]
+    same = pixel[1:] == pixel[:-1]
+    depth = proj.depths.reshape(G)
+    assert bool((depth[gauss[1:]][same] >= depth[gauss[:-1]][same]).all())
+    assert bool((pixel[1:] >= pixel[:-1]).all())
+
+
 def test_gradient_descent_through_the_rasteriser_fits_a_target():
     W = H = 24
     rig = orbit_rig(2, W, H)

@@ -23,6 +23,7 @@ from torch import Tensor
 from .projection import ALPHA_THRESHOLD, MAX_ALPHA, Projected, project_gaussians
 
 T_STOP = 1e-4  # gsplat: a pixel is done once its transmittance would drop to this
+KEY32_LIMIT = 2**31  # pair keys (pixel * N + depth rank) are 32-bit below this, else 64-bit
 
 
 def _segments(pixel: Tensor) -> tuple[Tensor, Tensor]:
@@ -55,18 +56,33 @@ def _pairs(means2d: Tensor, conics: Tensor, opac: Tensor, radii: Tensor, depths:
 
     Returns (pixel [P] = image * H * W + y * W + x, gauss [P], x [P], y [P]); pairs of one pixel are
     contiguous, front to back, and stop where gsplat's early termination would.
+
+    Each pair is one integer key, pixel * N + (the Gaussian's front-to-back rank in its image), so a
+    single sort orders the pairs and the key alone gives back the pixel and the Gaussian; the key is
+    32-bit whenever it fits (half the memory traffic of the sort and of every gather).
     """
     dev, dt = means2d.device, means2d.dtype
-    G = means2d.shape[0]
+    G, HW = means2d.shape[0], height * width
     flat = torch.nonzero((radii > 0).all(-1)).squeeze(1)
+    if flat.numel() == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=dev)
+        return empty, empty, torch.zeros(0, dtype=dt, device=dev), torch.zeros(0, dtype=dt, device=dev)
     image = torch.div(flat, N, rounding_mode="floor")
     order = flat[torch.argsort(image.double() * 1e7 + depths[flat].double().clamp(-1e6, 1e6))]
-    rank = torch.empty(G, dtype=torch.long, device=dev)
-    rank[order] = torch.arange(order.numel(), device=dev)  # front-to-back rank within each image
+    # front-to-back rank within each image: position in ``order`` minus where its image starts
+    pos = torch.arange(order.numel(), device=dev)
+    image_o = torch.div(order, N, rounding_mode="floor")
+    starts = torch.zeros(G // N + 1, dtype=torch.long, device=dev)
+    new = torch.ones_like(image_o, dtype=torch.bool)
+    new[1:] = image_o[1:] != image_o[:-1]
+    starts[image_o[new]] = pos[new]
+    rank = torch.zeros(G, dtype=torch.long, device=dev)
+    rank[order] = pos - starts[image_o]
+    kdt = torch.int32 if (G // N) * HW * N < KEY32_LIMIT else torch.long
     # Each Gaussian's box is floor(centre) +- r with r = max(rx, ry): enumerate boxes of equal r by
     # broadcasting (no per-pair gathers), keep pixels where alpha reaches the threshold.
     r_all = radii[flat].max(-1).values.long()
-    parts = []
+    keys, alphas = [], []
     for r in torch.unique(r_all).tolist():
         sel = flat[r_all == r]
         m = means2d[sel]
@@ -76,28 +92,32 @@ def _pairs(means2d: Tensor, conics: Tensor, opac: Tensor, radii: Tensor, depths:
         dy = (m[:, 1] - base[:, 1])[:, None, None] - off[None, :, None]  # [n, 2r+1, 1]
         c = conics[sel]
         sigma = 0.5 * (c[:, 0, None, None] * dx * dx + c[:, 2, None, None] * dy * dy) + c[:, 1, None, None] * dx * dy
-        raw = opac[sel][:, None, None] * torch.exp(-sigma)
-        px = base[:, 0, None, None] + off[None, None, :]
-        py = base[:, 1, None, None] + off[None, :, None]
-        ok = (sigma >= 0) & (raw >= ALPHA_THRESHOLD) & (px >= 0) & (px < width) & (py >= 0) & (py < height)
-        i, oy, ox = torch.nonzero(ok, as_tuple=True)
-        g = sel[i]
-        x = base[i, 0].long() + ox - r
-        y = base[i, 1].long() + oy - r
-        parts.append((g, x, y, raw[i, oy, ox].clamp_max(MAX_ALPHA)))
-    if not parts:
-        empty = torch.zeros(0, dtype=torch.long, device=dev)
-        return empty, empty, torch.zeros(0, dtype=dt, device=dev), torch.zeros(0, dtype=dt, device=dev)
-    gauss, x, y, alpha = (torch.cat(t) for t in zip(*parts))
-    pixel = torch.div(gauss, N, rounding_mode="floor") * (height * width) + y * width + x
-    perm = torch.sort(pixel * G + rank[gauss])[1]  # by pixel, then front to back
-    pixel, gauss, alpha = pixel[perm], gauss[perm], alpha[perm]
+        o = opac[sel]
+        # alpha = o * exp(-sigma) reaches the threshold where sigma <= log(o / threshold); the bound is
+        # loosened a little against rounding, and alpha itself is tested after the sort
+        lim = torch.log(o.clamp_min(1e-30) / ALPHA_THRESHOLD)[:, None, None] + 1e-4
+        px = base[:, 0, None, None] + off[None, None, :]  # [n, 1, 2r+1]
+        py = base[:, 1, None, None] + off[None, :, None]  # [n, 2r+1, 1]
+        ok = ((px >= 0) & (px < width)) & ((py >= 0) & (py < height)) & (sigma >= 0) & (sigma <= lim)
+        bl = base.long()
+        centre = ((torch.div(sel, N, rounding_mode="floor") * HW + bl[:, 1] * width + bl[:, 0]) * N + rank[sel]).to(kdt)
+        step = torch.arange(-r, r + 1, device=dev, dtype=kdt) * N
+        key = centre[:, None, None] + (step[:, None] * width + step[None, :])[None]  # [n, 2r+1, 2r+1]
+        keys.append(key.masked_select(ok))
+        alphas.append((o[:, None, None].expand_as(ok).masked_select(ok) * torch.exp(-sigma.masked_select(ok))).clamp_max(MAX_ALPHA))
+    key, perm = torch.sort(torch.cat(keys), stable=True)  # keys are unique: by pixel, then front to back
+    alpha = torch.cat(alphas)[perm]
+    seen = alpha >= ALPHA_THRESHOLD
+    alpha = torch.where(seen, alpha, 0.0)  # no effect on the transmittance either
+    pixel = torch.div(key, N, rounding_mode="floor").long()
     segment, first = _segments(pixel)
     log_t = torch.log1p(-alpha)
     t_incl = torch.exp(_segmented_exclusive_cumsum(log_t, segment, first) + log_t.double())
-    live = t_incl > T_STOP
-    pixel, gauss = pixel[live], gauss[live]
-    within = pixel % (height * width)
+    live = (t_incl > T_STOP) & seen
+    key, pixel = key[live].long(), pixel[live]
+    image = torch.div(pixel, HW, rounding_mode="floor")
+    gauss = order[starts[image] + key - pixel * N]
+    within = pixel - image * HW
     return pixel, gauss, (within % width).to(dt), torch.div(within, width, rounding_mode="floor").to(dt)
 
 
