@@ -64,20 +64,3 @@ def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
     """Σ = R S Sᵀ Rᵀ from quaternions [..., 4] and (positive) scales [..., 3] -> [..., 3, 3]."""
     m = quat_to_rotmat(quats) * scales[..., None, :]
     return (m[..., :, None, :] * m[..., None, :, :]).sum(-1)  # elementwise: no tiny batched matmuls
-
-
-def nearest_distances(a: Tensor, b: Tensor, dim: int = -1) -> Tensor:
-    """Euclidean distance from each point of a [..., P, D] to its nearest point of b [..., Q, D]
-    (``dim=-1``: [..., P]), or from each point of b to its nearest in a (``dim=-2``: [..., Q]).
-
-    The same value and gradient as ``torch.cdist(a, b).min(dim).values``, but the pairing is found
-    without gradient and only the matched pairs are differentiated, so the backward pass costs
-    O(P + Q) instead of a full [P, Q] distance matrix.
-    """
-    with torch.no_grad():
-        idx = torch.cdist(a, b).argmin(dim)
-    if dim in (-1, a.dim() - 1):
-        other = torch.gather(b, -2, idx[..., None].expand(idx.shape + (b.shape[-1],)))
-        return (a - other).norm(dim=-1)
-    other = torch.gather(a, -2, idx[..., None].expand(idx.shape + (a.shape[-1],)))
-    return (b - other).norm(dim=-1)

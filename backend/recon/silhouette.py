@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .geometry import nearest_distances
-
 MAX_DT_SIZE = 128  # distance transforms are computed at most at this resolution
 
 
@@ -88,7 +86,7 @@ class SilhouetteLoss:
         counts = self.counts[frames].reshape(-1).float()  # [Fb * V]
         pick = (torch.rand(Fb * V, self.samples, generator=self.gen).to(counts.device) * counts[:, None]).long()
         pts = torch.gather(self.fg[frames].reshape(Fb * V, -1, 2), 1, pick[..., None].expand(-1, -1, 2))
-        nearest = nearest_distances(pts, c.reshape(Fb * V, -1, 2))  # [Fb * V, S]
+        nearest = torch.cdist(pts, c.reshape(Fb * V, -1, 2)).min(-1).values  # [Fb * V, S]
         has = (counts > 0).float()[:, None]
         coverage = (nearest * has).sum() / (has.sum().clamp_min(1) * self.samples * self.W)
         return outside, coverage

@@ -29,11 +29,8 @@ from .motion import MotionField
 
 def chamfer(a: Tensor, b: Tensor) -> Tensor:
     """Symmetric chamfer distance between point sets a [P, 3] and b [Q, 3] (mean of nearest distances)."""
-    with torch.no_grad():
-        d = torch.cdist(a, b)
-        ia, ib = d.argmin(1), d.argmin(0)
-    # only the nearest pairs are differentiated: the gradient of cdist(a, b).min(...), without [P, Q] of it
-    return (a - b[ia]).norm(dim=-1).mean() + (a[ib] - b).norm(dim=-1).mean()
+    d = torch.cdist(a, b)
+    return d.min(1).values.mean() + d.min(0).values.mean()
 
 
 def rotmat_to_axis_angle(R: Tensor) -> Tensor:
