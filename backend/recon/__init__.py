@@ -1,7 +1,7 @@
 """4D Gaussian reconstruction: fit animated Gaussians to a views x frames image matrix.
 
     from backend.recon import fit
-    result = fit(images, intrinsics, world_to_cam, times, iterations=1000, on_progress=..., cancel=...)
+    result = fit(images, intrinsics, world_to_cam, times, iterations=600, on_progress=..., cancel=...)
     result.render(K, w2c, time, H, W)          # [H, W, 3] on white
     result.displacement(points, times)         # [T, P, 3] motion of canonical (time-0) points
     result.centres, result.colours, ...        # per-frame arrays for the add-on
