@@ -98,7 +98,10 @@ class FakeBackend:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join(5)
+        self._thread.join(60)
+        if self._thread.is_alive():
+            # zmq sockets are not thread-safe: closing one under a thread still polling it crashes the process
+            raise RuntimeError("fake backend thread did not stop within 60 s; its socket is left open")
         self._sock.close(0)
         self._ctx.term()
 
