@@ -25,8 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_recon import ASSETS  # noqa: E402  (this process only lists them; each fit imports its own tree)
+
 ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ("Fox", "RiggedSimple", "AnimatedMorphCube", "RiggedFigure")
 
 CHILD = r"""
 import json, os, sys, time

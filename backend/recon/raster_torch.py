@@ -74,9 +74,8 @@ def _pairs(means2d: Tensor, conics: Tensor, opac: Tensor, radii: Tensor, depths:
     pos = torch.arange(order.numel(), device=dev)
     image_o = torch.div(order, N, rounding_mode="floor")
     starts = torch.zeros(G // N + 1, dtype=torch.long, device=dev)
-    new = torch.ones_like(image_o, dtype=torch.bool)
-    new[1:] = image_o[1:] != image_o[:-1]
-    starts[image_o[new]] = pos[new]
+    run_first = _segments(image_o)[1]  # where each image's run begins in ``order``
+    starts[image_o[run_first]] = run_first
     rank = torch.zeros(G, dtype=torch.long, device=dev)
     rank[order] = pos - starts[image_o]
     kdt = torch.int32 if (G // N) * HW * N < KEY32_LIMIT else torch.long
